@@ -1,0 +1,408 @@
+"""One client connection: the asyncio protocol that drives websockets' Sans-I/O layer.
+
+Phases, and what moves a connection between them (DESIGN.md, life of a connection)::
+
+    HANDSHAKE --101 sent--------------> AUTH --valid credential--> OPEN
+        |  refusal, deadline, eviction    |  anything else            |  close, keepalive, stall
+        +---------------------------------+---------------------------+------> CLOSING --> CLOSED
+
+HANDSHAKE and AUTH are *pending*: counted by admission, held in a deadline
+queue, bounded by a byte budget. Everything per-connection is in slots; the
+Sans-I/O object is created only when the first byte arrives, so an idle
+attacker costs one of these and a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from enum import IntEnum
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from websockets.exceptions import PayloadTooBig, SecurityError
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from .codes import Close, http_refusal
+from .deadlines import Timed
+from .session import ConnectionClosed, Message, Session
+from .tokens import AuthError
+
+if TYPE_CHECKING:
+    from .server import Server
+
+# websockets logs every open and close at INFO; ours are enough.
+_WS_LOGGER = logging.getLogger("guarded_ws.sansio")
+_WS_LOGGER.setLevel(logging.WARNING)
+
+_TEXT, _BINARY, _CONT, _CLOSE, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
+_PONG_FIRST_BYTE = 0x80 | Opcode.PONG  # FIN + opcode: how an outgoing pong starts
+
+REFUSE_MALFORMED = http_refusal(HTTPStatus.BAD_REQUEST)
+REFUSE_TOO_LARGE = http_refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+REFUSE_TIMEOUT = http_refusal(HTTPStatus.REQUEST_TIMEOUT)
+
+
+class Phase(IntEnum):
+    HANDSHAKE = 0
+    AUTH = 1
+    OPEN = 2
+    CLOSING = 3
+    CLOSED = 4
+
+
+_HANDSHAKE, _AUTH, _OPEN, _CLOSING, _CLOSED = Phase
+
+
+class Connection(asyncio.Protocol, Timed):
+    __slots__ = (
+        "server",
+        "source",
+        "host",
+        "accepted_at",
+        "upgraded_at",
+        "phase",
+        "transport",
+        "ws",
+        "received",
+        "writing_paused",
+        "reading_paused",
+        "session",
+        "pending",
+        "_fragments",
+        "_fragment_op",
+    )
+
+    def __init__(self, server: Server, source: object, host: str, now: float) -> None:
+        Timed.__init__(self)
+        self.server = server
+        self.source = source
+        self.host = host
+        self.accepted_at = now
+        self.upgraded_at = 0.0
+        self.phase = _HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.ws: ServerProtocol | None = None
+        self.received = 0
+        self.writing_paused = False
+        self.reading_paused = False
+        self.session: Session | None = None
+        self.pending = True  # counted by admission until the server's leave_pending()
+        self._fragments: bytearray | None = None
+        self._fragment_op = _TEXT
+
+    def __call__(self) -> Connection:
+        """Be our own protocol factory: no closure per accepted socket."""
+        return self
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.phase >= _CLOSING:  # evicted or shut down before the transport existed
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase is _OPEN:
+            self.ws.receive_data(data)  # type: ignore[union-attr]
+            self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
+        elif phase is _AUTH:
+            self.received += len(data)
+            self.ws.receive_data(data)  # type: ignore[union-attr]
+            self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
+            self._check_preauth_budget()
+        elif phase is _HANDSHAKE:
+            self._on_handshake_data(data)
+        elif self.ws is not None and not self.ws.reader.eof:
+            # CLOSING: the peer's close frame completes the closing handshake.
+            self.ws.receive_data(data)
+            self.ws.events_received()
+        if self.ws is not None:
+            self._flush()
+
+    def eof_received(self) -> None:
+        if self.ws is None or self.phase >= _CLOSING:
+            self._close_transport()
+            return
+        self.ws.receive_eof()
+        self._flush()
+        self._close_transport()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        server.leave_pending(self)
+        self.phase = _CLOSED
+        if self.queue is not None:
+            self.queue.discard(self)
+        if self.session is not None:
+            server.leave_authenticated(self)
+            self.session.lost(*self._close_status())
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.phase is _OPEN:
+            self.server.stalled.push(self, self.server.clock())
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        server = self.server
+        if self.queue is server.stalled:
+            server.keep_alive(self)
+        if self.session is not None:
+            self.session.writable()
+
+    # Pre-auth
+
+    def _on_handshake_data(self, data: bytes) -> None:
+        server = self.server
+        ws = self.ws
+        if ws is None:
+            ws = self.ws = ServerProtocol(extensions=None, max_size=server.max_preauth_bytes, logger=_WS_LOGGER)
+        room = server.max_request_bytes - self.received
+        rest = b""
+        if len(data) > room:
+            data, rest = data[:room], data[room:]
+        self.received += len(data)
+        ws.receive_data(data)
+        events = ws.events_received()
+        if events:
+            self._on_request(events[0])  # type: ignore[arg-type]
+            if self.phase is _AUTH:
+                self._on_frames(events[1:])
+                if rest and self.phase is _AUTH:
+                    self.received += len(rest)
+                    ws.receive_data(rest)
+                    self._on_frames(ws.events_received())
+                self._check_preauth_budget()
+        elif ws.handshake_exc is not None:
+            if isinstance(ws.handshake_exc, SecurityError):
+                server.count_refusal("headers_too_large")  # websockets wrote its 414 or 431
+            else:
+                self._refuse(REFUSE_MALFORMED, "malformed")
+        elif rest or self.received >= server.max_request_bytes:
+            self._refuse(REFUSE_TOO_LARGE, "headers_too_large")
+
+    def _on_request(self, request: Request) -> None:
+        server = self.server
+        ws = self.ws
+        assert ws is not None
+        path = request.path.partition("?")[0]
+        if path != server.path:
+            self._reject(HTTPStatus.NOT_FOUND, "path")
+            return
+        origin = request.headers.get("Origin")
+        if origin is not None and server.allowed_origins and origin not in server.allowed_origins:
+            self._reject(HTTPStatus.FORBIDDEN, "origin")
+            return
+        response = ws.accept(request)
+        if response.status_code != 101:
+            server.count_refusal("not_websocket" if response.status_code == 426 else "malformed")
+            ws.send_response(response)
+            return
+        ws.send_response(response)
+        now = server.clock()
+        self.phase = _AUTH
+        self.upgraded_at = now
+        self.received = 0
+        server.upgraded(self, now)
+
+    def _on_frames(self, frames: list) -> None:
+        for frame in frames:
+            phase = self.phase
+            if phase is _OPEN:
+                self._on_app_frame(frame)
+            elif phase is _AUTH:
+                self._on_credential_frame(frame)
+            else:
+                return
+
+    def _on_credential_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is _TEXT and frame.fin:
+            self._authenticate(frame.data)
+        elif op is _TEXT or op is _BINARY or op is _CONT:
+            self.server.count_auth(self.server.verifier.method, "protocol")
+            self.fail(Close.POLICY_VIOLATION, "credential must be one text frame")
+        # Pings are answered by the Sans-I/O layer and paid from the byte budget.
+
+    def _check_preauth_budget(self) -> None:
+        if self.phase is not _AUTH:
+            return
+        ws = self.ws
+        assert ws is not None
+        method = self.server.verifier.method
+        if ws.parser_exc is not None:  # websockets already failed the connection
+            self.server.count_auth(method, "too_large" if isinstance(ws.parser_exc, PayloadTooBig) else "protocol")
+        elif self.received > self.server.max_preauth_bytes:
+            self.server.count_auth(method, "too_large")
+            self.fail(Close.MESSAGE_TOO_BIG, "pre-authentication budget exceeded")
+
+    def _authenticate(self, data: bytes) -> None:
+        server = self.server
+        verifier = server.verifier
+        try:
+            identity = verifier.verify(data.decode(), server.wallclock())
+        except (AuthError, UnicodeDecodeError) as exc:
+            result = exc.result if isinstance(exc, AuthError) else "invalid"
+            server.count_auth(verifier.method, result)
+            server.log_auth_failure(self, result, str(exc) if isinstance(exc, AuthError) else "not UTF-8")
+            self.fail(Close.INVALID_CREDENTIAL, "expired credential" if result == "expired" else "invalid credential")
+            return
+        now = server.clock()
+        server.leave_pending(self)
+        refusal = server.authenticated_cap(self.source, identity.subject)
+        if refusal is not None:
+            server.count_refusal(refusal)
+            self.fail(Close.TRY_AGAIN_LATER, "too many connections")
+            return
+        ws = self.ws
+        assert ws is not None
+        self.phase = _OPEN
+        ws.max_message_size = server.max_message_bytes
+        ws.send_text(json.dumps({"type": "authenticated", "subject": identity.subject}).encode())
+        server.count_auth(verifier.method, "ok")
+        server.metrics.auth_duration[verifier.method].observe(now - self.upgraded_at)
+        self.session = Session(self, identity.subject, identity.claims, self.host)
+        server.start_session(self, now)
+
+    # Authenticated
+
+    def _on_app_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is _TEXT or op is _BINARY:
+            if frame.fin:
+                self._deliver(op, frame.data)
+            else:
+                self._fragments = bytearray(frame.data)
+                self._fragment_op = op
+        elif op is _CONT:
+            assert self._fragments is not None  # the Sans-I/O layer checks continuation order
+            self._fragments += frame.data
+            if frame.fin:
+                data, self._fragments = bytes(self._fragments), None
+                self._deliver(self._fragment_op, data)
+        elif op is _PONG and self.queue is self.server.awaiting_pong:
+            self.server.keep_alive(self)
+
+    def _deliver(self, op: Opcode, data: bytes) -> None:
+        message: Message
+        if op is _TEXT:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError:
+                self.fail(Close.INVALID_DATA, "invalid UTF-8")
+                return
+        else:
+            message = data
+        assert self.session is not None
+        if not self.session.feed(message) and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.phase is _OPEN:
+            self.reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def send_message(self, message: Message) -> None:
+        if self.phase is not _OPEN:
+            raise self._closed_error()
+        ws = self.ws
+        assert ws is not None
+        if isinstance(message, str):
+            ws.send_text(message.encode())
+        else:
+            ws.send_binary(message)
+        self._flush()
+
+    def ping(self) -> None:
+        self.ws.send_ping(b"")  # type: ignore[union-attr]
+        self._flush()
+
+    def start_close(self, code: int, reason: str = "") -> None:
+        """Begin the closing handshake; the close deadline bounds how long the peer may take."""
+        if self.phase is _OPEN:
+            self.ws.send_close(code, reason)  # type: ignore[union-attr]
+            self.phase = _CLOSING
+            self.server.closing.push(self, self.server.clock())
+            self._flush()
+
+    # Endings
+
+    def expire(self) -> None:
+        """The phase deadline passed."""
+        if self.phase is _HANDSHAKE:
+            self._refuse(REFUSE_TIMEOUT, None)
+        elif self.phase is _AUTH:
+            self.server.count_auth(self.server.verifier.method, "timeout")
+            self.fail(Close.AUTH_TIMEOUT, "authentication timeout")
+
+    def evict(self, refusal: bytes, code: int) -> None:
+        """Make room for a newer connection (overload policy evict-oldest), or shut down."""
+        if self.phase is _HANDSHAKE:
+            self._refuse(refusal, None)
+        elif self.phase is _AUTH:
+            self.fail(code, "server overloaded" if code == Close.TRY_AGAIN_LATER else "server shutting down")
+
+    def abort(self) -> None:
+        self.phase = max(self.phase, _CLOSING)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def fail(self, code: int, reason: str) -> None:
+        self.ws.fail(code, reason)  # type: ignore[union-attr]
+        self._flush()
+
+    def _reject(self, status: HTTPStatus, reason: str) -> None:
+        self.server.count_refusal(reason)
+        ws = self.ws
+        assert ws is not None
+        ws.send_response(ws.reject(status, f"{status.value} {status.phrase}\n"))
+        self._flush()
+
+    def _refuse(self, response: bytes, reason: str | None) -> None:
+        """Answer without the Sans-I/O layer (it may be mid-parse, or absent) and close."""
+        if reason is not None:
+            self.server.count_refusal(reason)
+        if self.transport is not None:
+            self.transport.write(response)
+        self._close_transport()
+
+    def _flush(self) -> None:
+        writes = self.ws.data_to_send()  # type: ignore[union-attr]
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for chunk in writes:
+            if chunk:
+                # Automatic pongs must not grow the buffer of a peer that does not read.
+                if self.writing_paused and chunk[0] == _PONG_FIRST_BYTE:
+                    continue
+                transport.write(chunk)
+            else:
+                self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close once the buffer is flushed; the close deadline bounds a peer that never reads."""
+        server = self.server
+        server.leave_pending(self)
+        if self.phase is _CLOSED:
+            return
+        self.phase = _CLOSING
+        if self.queue is not server.closing:
+            server.closing.push(self, server.clock())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _close_status(self) -> tuple[int, str]:
+        ws = self.ws
+        close = (ws.close_rcvd or ws.close_sent) if ws is not None else None
+        return (close.code, close.reason) if close is not None else (1006, "")
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(*self._close_status())

@@ -1,0 +1,92 @@
+"""Deadlines without a timer per connection.
+
+Every item in a queue gets the same timeout, so insertion order is deadline
+order: one periodic sweep pops the expired head and stops at the first item
+still in time. Leaving a queue is O(1) and lazy: the item forgets the queue,
+and its stale entry is skipped when it reaches the head (or dropped when the
+queue compacts itself). An entry is live while its item is still in this
+queue with the deadline the entry recorded, so an item can come back to a
+queue it left. An item is in at most one queue at a time.
+
+Pure: the caller passes the clock reading.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+
+class Timed:
+    """Base for anything kept in a :class:`DeadlineQueue`."""
+
+    __slots__ = ("queue", "deadline")
+
+    def __init__(self) -> None:
+        self.queue: DeadlineQueue[Timed] | None = None
+        self.deadline = 0.0
+
+
+T = TypeVar("T", bound=Timed)
+
+
+class DeadlineQueue(Generic[T]):
+    """A FIFO of items sharing one timeout."""
+
+    __slots__ = ("name", "timeout", "_items", "_live")
+
+    # Stale entries tolerated before a rebuild; keeps memory within 2x live.
+    _SLACK = 64
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._items: deque[tuple[float, T]] = deque()
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, item: T, now: float) -> None:
+        """Move ``item`` here (out of any other queue); its deadline is now + timeout."""
+        if item.queue is not None:
+            item.queue.discard(item)
+        item.queue = self
+        item.deadline = deadline = now + self.timeout
+        self._items.append((deadline, item))
+        self._live += 1
+        if len(self._items) > 2 * self._live + self._SLACK:
+            self._items = deque(e for e in self._items if self._is_live(e))
+
+    def _is_live(self, entry: tuple[float, T]) -> bool:
+        deadline, item = entry
+        return item.queue is self and item.deadline == deadline
+
+    def discard(self, item: T) -> None:
+        if item.queue is self:
+            item.queue = None
+            self._live -= 1
+
+    def oldest(self) -> T | None:
+        items = self._items
+        while items:
+            if self._is_live(items[0]):
+                return items[0][1]
+            items.popleft()
+        return None
+
+    def pop_expired(self, now: float) -> Iterator[T]:
+        """Yield (and remove) every item whose deadline is at or before ``now``."""
+        items = self._items
+        while items:
+            deadline, item = items[0]
+            if item.queue is not self or item.deadline != deadline:
+                items.popleft()
+                continue
+            if deadline > now:
+                return
+            items.popleft()
+            item.queue = None
+            self._live -= 1
+            yield item

@@ -1,0 +1,135 @@
+"""Prometheus metrics: DESIGN.md's table, with every label value bound once.
+
+Label values come from the fixed sets below and are created at start-up, so
+a series reads 0 instead of being absent, and the hot path increments a bound
+child instead of looking one up by label. No label ever holds an address, a
+subject or a credential.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics import disable_created_metrics
+
+from .tokens import RESULTS
+
+# The `_created` series double the page for no use on a long-running server.
+disable_created_metrics()
+
+REJECT_REASONS = (
+    "per_source_cap",
+    "global_cap",
+    "connections_cap",
+    "source_connections_cap",
+    "subject_connections_cap",
+    "origin",
+    "path",
+    "malformed",
+    "not_websocket",
+    "headers_too_large",
+    "shutting_down",
+)
+PENDING_PHASES = ("handshake", "auth")
+DEADLINE_PHASES = ("handshake", "auth")
+AUTH_METHODS = ("token", "hook")
+ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
+
+# From loopback latencies (~1 ms) up to the longest default deadline and beyond.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+PREFIX = "guarded_ws_"
+
+
+class Metrics:
+    """All of guarded-ws's metrics, on a registry of their own (one per server)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)  # CPU, RSS, open fds against the fd limit
+        self.accepted = Counter(
+            PREFIX + "connections_accepted_total", "Connections accepted from the listener.", registry=r
+        )
+        rejected = Counter(
+            PREFIX + "connections_rejected_total",
+            "Connections refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rejected = {reason: rejected.labels(reason) for reason in REJECT_REASONS}
+        evicted = Counter(
+            PREFIX + "connections_evicted_total",
+            "Pending connections closed to admit newer ones (overload policy evict-oldest).",
+            ["phase"],
+            registry=r,
+        )
+        self.evicted = {phase: evicted.labels(phase) for phase in PENDING_PHASES}
+        self._pending = Gauge(
+            PREFIX + "pending_connections", "Connections not authenticated yet, by phase.", ["phase"], registry=r
+        )
+        self._authenticated = Gauge(
+            PREFIX + "authenticated_connections", "Authenticated connections open now.", registry=r
+        )
+        attempts = Counter(
+            PREFIX + "auth_attempts_total",
+            "Credentials checked, by method and result.",
+            ["method", "result"],
+            registry=r,
+        )
+        self.auth_attempts = {
+            (method, result): attempts.labels(method, result) for method in AUTH_METHODS for result in RESULTS
+        }
+        expired = Counter(
+            PREFIX + "deadline_expired_total",
+            "Pending connections closed because their phase deadline passed.",
+            ["phase"],
+            registry=r,
+        )
+        self.deadline_expired = {phase: expired.labels(phase) for phase in DEADLINE_PHASES}
+        self.handshake_duration = Histogram(
+            PREFIX + "handshake_duration_seconds",
+            "From accept to the 101 response.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        auth_duration = Histogram(
+            PREFIX + "auth_duration_seconds",
+            "From the 101 response to a verified credential.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_duration = {method: auth_duration.labels(method) for method in AUTH_METHODS}
+        self._tracked_sources = Gauge(
+            PREFIX + "tracked_sources", "Sources with at least one pending connection.", registry=r
+        )
+        self.loop_lag = Gauge(
+            PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last periodic sweep.", registry=r
+        )
+        errors = Counter(
+            PREFIX + "accept_errors_total", "accept() failures, by errno.", ["errno"], registry=r
+        )
+        self.accept_errors = {name: errors.labels(name) for name in ACCEPT_ERRNOS}
+
+    def observe(
+        self,
+        *,
+        pending: Callable[[str], int],
+        authenticated: Callable[[], int],
+        tracked_sources: Callable[[], int],
+    ) -> None:
+        """Read the gauges from the server's own structures at scrape time: no cost per event."""
+        for phase in PENDING_PHASES:
+            self._pending.labels(phase).set_function(lambda phase=phase: pending(phase))
+        self._authenticated.set_function(authenticated)
+        self._tracked_sources.set_function(tracked_sources)
+
+
+def accept_errno_label(value: int) -> str:
+    return _ERRNO_LABELS.get(value, "other")
+
+
+_ERRNO_LABELS = {getattr(errno, name): name for name in ACCEPT_ERRNOS if name != "other"}

@@ -1,0 +1,117 @@
+"""Wiring: configuration in, a running server out (the same from the CLI and from code)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from .admin import AdminServer
+from .apps import load_app
+from .config import Config, derive_connection_caps, raise_nofile_limit
+from .metrics import Metrics
+from .server import Server, Verifier
+from .tokens import HookVerifier, ReplayCache, TokenVerifier, load_hook
+
+log = logging.getLogger("guarded_ws")
+
+
+def build_verifier(config: Config, secret: str | None = None) -> Verifier:
+    """The configured credential check; ``secret`` stands in for a missing one (development)."""
+    auth = config.auth
+    if auth.verifier is not None:
+        return HookVerifier(load_hook(auth.verifier))
+    if auth.public_key_file is not None:
+        key: str = Path(auth.public_key_file).read_text()
+    else:
+        key = auth.secret or secret or ""
+        if not key:
+            raise ValueError("auth.secret: no secret configured (set GUARDED_WS_SECRET or auth.secret_file)")
+    return TokenVerifier(
+        algorithms=auth.algorithms,
+        key=key,
+        audience=auth.audience,
+        issuer=auth.issuer,
+        max_lifetime=auth.max_token_lifetime,
+        leeway=auth.leeway,
+        replay_cache=ReplayCache(auth.replay_cache_size) if auth.single_use else None,
+    )
+
+
+def build_server(config: Config, *, secret: str | None = None, nofile: int, metrics: Metrics | None = None) -> Server:
+    pending_total, connections_total = derive_connection_caps(config.limits, nofile)
+    return Server(
+        config,
+        app=load_app(config.server.app),
+        verifier=build_verifier(config, secret),
+        max_pending_total=pending_total,
+        max_connections_total=connections_total,
+        metrics=metrics,
+    )
+
+
+class Running:
+    """A started server and its admin port; ``stop()`` drains both."""
+
+    def __init__(self, server: Server, admin: AdminServer | None) -> None:
+        self.server = server
+        self.admin = admin
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+        if self.admin is not None:
+            await self.admin.close()
+
+
+async def start(config: Config, *, secret: str | None = None, nofile: int | None = None) -> Running:
+    server = build_server(config, secret=secret, nofile=nofile if nofile is not None else raise_nofile_limit())
+    await server.start()
+    admin = None
+    if config.metrics.enabled:
+        admin = AdminServer(server.metrics.registry, ready=lambda: not server.draining)
+        await admin.start(config.metrics.host, config.metrics.port)
+    for host, port in server.addresses:
+        log.info("listening on ws://%s:%d%s", _bracket(host), port, config.server.path)
+    if admin is not None:
+        log.info("metrics on http://%s:%d/metrics", _bracket(config.metrics.host), admin.port)
+    log.info(
+        "limits: %d pending (%d per source), %d authenticated",
+        server.admission.max_total,
+        server.admission.max_per_source,
+        server.max_connections_total,
+    )
+    return Running(server, admin)
+
+
+async def serve(
+    config: Config, *, secret: str | None = None, on_started: Callable[[Running], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    running = await start(config, secret=secret)
+    if on_started is not None:
+        on_started(running)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining authenticated connections")
+    await running.stop()
+    log.info("stopped")
+
+
+def run(config: Config, *, secret: str | None = None, on_started: Callable[[Running], None] | None = None) -> None:
+    runner: Callable[..., object]
+    if config.server.loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
+    else:
+        runner = asyncio.run
+    runner(serve(config, secret=secret, on_started=on_started))
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

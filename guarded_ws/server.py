@@ -1,0 +1,383 @@
+"""The server: its own accept loop, admission, the deadline sweep, and graceful shutdown.
+
+guarded-ws owns ``accept()`` because neither asyncio nor uvloop lets a server
+refuse a connection before building a protocol for it, or survive running
+out of file descriptors: refusal here costs one small write and a close, and
+EMFILE means backing off and freeing descriptors, not a storm of log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+from .apps import App
+from .admission import Admission, Verdict, source_keyer
+from .codes import Close, http_refusal
+from .config import Config
+from .connection import Connection, Phase
+from .deadlines import DeadlineQueue
+from .logs import RateLimitedLogger
+from .metrics import Metrics, accept_errno_label
+from .session import ConnectionClosed, Session
+from .tokens import HookVerifier, TokenVerifier
+
+Verifier = TokenVerifier | HookVerifier
+
+log = logging.getLogger("guarded_ws")
+
+# Sweep period: deadline precision and loop-lag resolution.
+TICK = 0.05
+# Back-off while accept() fails for lack of descriptors or memory.
+ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.01, 1.0
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        app: App,
+        verifier: Verifier,
+        max_pending_total: int,
+        max_connections_total: int,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        limits = config.limits
+        self.config = config
+        self.app = app
+        self.verifier = verifier
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.clock = clock
+        self.wallclock = wallclock
+
+        # Read by every connection on its hot path: plain attributes.
+        self.path = config.server.path
+        self.allowed_origins = frozenset(config.server.allowed_origins)
+        self.max_request_bytes = limits.max_request_bytes
+        self.max_preauth_bytes = limits.max_preauth_bytes
+        self.max_message_bytes = limits.max_message_bytes
+        self.accept_batch = config.server.accept_batch
+
+        self.admission = Admission(
+            max_per_source=limits.max_pending_per_source,
+            max_total=max_pending_total,
+            evict_oldest=limits.overload_policy == "evict-oldest",
+        )
+        self.source_key = source_keyer(limits.ipv4_prefix, limits.ipv6_prefix)
+        self.max_connections_total = max_connections_total
+
+        Queue = DeadlineQueue[Connection]
+        self.handshaking = Queue("handshake", limits.handshake_timeout)
+        self.authenticating = Queue("auth", limits.auth_timeout)
+        self.idle = Queue("keepalive", limits.ping_interval) if limits.ping_interval > 0 else None
+        self.awaiting_pong = Queue("pong", limits.ping_timeout)
+        self.stalled = Queue("stalled", limits.write_stall_timeout)
+        self.closing = Queue("closing", limits.close_timeout)
+
+        self.authenticated: set[Connection] = set()
+        self._per_source: dict[object, int] = {}
+        self._per_subject: dict[str, int] = {}
+
+        retry = limits.retry_after
+        self._refusals = {
+            Verdict.REJECT_SOURCE: (http_refusal(HTTPStatus.TOO_MANY_REQUESTS, retry), "per_source_cap"),
+            Verdict.REJECT_GLOBAL: (http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry), "global_cap"),
+            Verdict.EVICT: (http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry), "global_cap"),
+        }
+        self._unavailable = http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry)
+
+        self.listeners: list[socket.socket] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        self._accepting = False
+        self._backoff = 0.0
+        self._next_tick = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.events = RateLimitedLogger(log, clock=clock)
+
+        self.metrics.observe(
+            pending=lambda phase: len(self.handshaking if phase == "handshake" else self.authenticating),
+            authenticated=lambda: len(self.authenticated),
+            tracked_sources=lambda: self.admission.sources,
+        )
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._drained = asyncio.Event()
+        self.listeners = _listen(self.config.server.host, self.config.server.port, self.config.server.backlog)
+        self._resume_accepting()
+        self._next_tick = self.clock() + TICK
+        self._sweeper = self.loop.call_at(self._loop_time_of(self._next_tick), self._sweep)
+
+    @property
+    def port(self) -> int:
+        return int(self.listeners[0].getsockname()[1])
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for sock in self.listeners]
+
+    async def shutdown(self) -> None:
+        """Stop accepting, refuse pending peers, close authenticated ones with 1001 within drain_timeout."""
+        if self.draining:
+            return
+        self.draining = True
+        self._pause_accepting()
+        for sock in self.listeners:
+            sock.close()
+        for queue in (self.handshaking, self.authenticating):
+            for conn in list(queue.pop_expired(float("inf"))):
+                conn.evict(self._unavailable, Close.GOING_AWAY)
+        for conn in list(self.authenticated):
+            conn.start_close(Close.GOING_AWAY, "server shutting down")
+        assert self._drained is not None
+        if self.authenticated:
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.config.limits.drain_timeout)
+            except TimeoutError:
+                for conn in list(self.authenticated):
+                    conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.config.limits.close_timeout)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # Accept loop
+
+    def _resume_accepting(self) -> None:
+        if self.draining or self._accepting:
+            return
+        assert self.loop is not None
+        for sock in self.listeners:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting and self.loop is not None:
+            for sock in self.listeners:
+                self.loop.remove_reader(sock.fileno())
+        self._accepting = False
+
+    def _accept(self, listener: socket.socket) -> None:
+        metrics = self.metrics
+        admission = self.admission
+        now = self.clock()
+        for _ in range(self.accept_batch):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _EXHAUSTED:
+                    self._accept_exhausted(exc)
+                    return
+                metrics.accept_errors["other"].inc()
+                continue
+            metrics.accepted.inc()
+            host = address[0]
+            source = self.source_key(host)
+            verdict = admission.check(source)
+            if verdict is not Verdict.ADMIT and not (verdict is Verdict.EVICT and self._evict_oldest()):
+                self._refuse(sock, verdict, host)
+                continue
+            admission.take(source)
+            conn = Connection(self, source, host, now)
+            self.handshaking.push(conn, now)
+            self._spawn(self._attach(conn, sock))
+        self._backoff = 0.0
+
+    async def _attach(self, conn: Connection, sock: socket.socket) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.connect_accepted_socket(conn, sock)
+        except OSError:
+            sock.close()
+            conn.connection_lost(None)
+
+    def _refuse(self, sock: socket.socket, verdict: Verdict, host: str) -> None:
+        response, reason = self._refusals[verdict]
+        try:
+            sock.send(response, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        sock.close()
+        self.metrics.rejected[reason].inc()
+        self.events.log(logging.INFO, reason, "refused %s: %s", host, reason)
+
+    def _evict_oldest(self) -> bool:
+        oldest = [conn for conn in (self.handshaking.oldest(), self.authenticating.oldest()) if conn is not None]
+        if not oldest:
+            return False
+        victim = min(oldest, key=lambda conn: conn.accepted_at)
+        self.metrics.evicted["handshake" if victim.phase is Phase.HANDSHAKE else "auth"].inc()
+        victim.evict(self._unavailable, Close.TRY_AGAIN_LATER)
+        return True
+
+    def _accept_exhausted(self, exc: OSError) -> None:
+        """Out of descriptors or memory: back off, and free descriptors if the policy allows."""
+        label = accept_errno_label(exc.errno or 0)
+        self.metrics.accept_errors[label].inc()
+        self.events.log(logging.WARNING, "accept_" + label, "accept() failed (%s); backing off", label)
+        if self.admission.evict:
+            for _ in range(self.accept_batch):
+                if not self._evict_oldest():
+                    break
+        self._pause_accepting()
+        self._backoff = min(max(self._backoff * 2, ACCEPT_BACKOFF_MIN), ACCEPT_BACKOFF_MAX)
+        assert self.loop is not None
+        self.loop.call_later(self._backoff, self._resume_accepting)
+
+    # Called by connections
+
+    def leave_pending(self, conn: Connection) -> None:
+        if conn.pending:
+            conn.pending = False
+            self.admission.release(conn.source)
+            if conn.queue is self.handshaking or conn.queue is self.authenticating:
+                conn.queue.discard(conn)
+
+    def upgraded(self, conn: Connection, now: float) -> None:
+        self.authenticating.push(conn, now)
+        self.metrics.handshake_duration.observe(now - conn.accepted_at)
+
+    def authenticated_cap(self, source: object, subject: str) -> str | None:
+        """The refusal reason if one more authenticated connection would pass a cap."""
+        limits = self.config.limits
+        if self.draining:
+            return "shutting_down"
+        if len(self.authenticated) >= self.max_connections_total:
+            return "connections_cap"
+        if self._per_source.get(source, 0) >= limits.max_connections_per_source:
+            return "source_connections_cap"
+        if self._per_subject.get(subject, 0) >= limits.max_connections_per_subject:
+            return "subject_connections_cap"
+        return None
+
+    def start_session(self, conn: Connection, now: float) -> None:
+        session = conn.session
+        assert session is not None
+        self.authenticated.add(conn)
+        self._per_source[conn.source] = self._per_source.get(conn.source, 0) + 1
+        self._per_subject[session.subject] = self._per_subject.get(session.subject, 0) + 1
+        self.keep_alive(conn)
+        self._spawn(self._run_app(session))
+
+    def leave_authenticated(self, conn: Connection) -> None:
+        if conn not in self.authenticated:
+            return
+        self.authenticated.discard(conn)
+        _decrement(self._per_source, conn.source)
+        _decrement(self._per_subject, conn.session.subject)  # type: ignore[union-attr]
+        if self.draining and not self.authenticated and self._drained is not None:
+            self._drained.set()
+
+    def keep_alive(self, conn: Connection) -> None:
+        if self.idle is not None:
+            self.idle.push(conn, self.clock())
+        elif conn.queue is not None:
+            conn.queue.discard(conn)
+
+    def count_refusal(self, reason: str) -> None:
+        self.metrics.rejected[reason].inc()
+
+    def count_auth(self, method: str, result: str) -> None:
+        self.metrics.auth_attempts[(method, result)].inc()
+
+    def log_auth_failure(self, conn: Connection, result: str, why: str) -> None:
+        self.events.log(logging.INFO, "auth_" + result, "auth failed from %s: %s (%s)", conn.host, result, why)
+
+    # The sweep: every deadline, one timer for the whole server.
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        self.metrics.loop_lag.set(max(0.0, now - self._next_tick))
+        metrics = self.metrics
+        for conn in self.handshaking.pop_expired(now):
+            metrics.deadline_expired["handshake"].inc()
+            conn.expire()
+        for conn in self.authenticating.pop_expired(now):
+            metrics.deadline_expired["auth"].inc()
+            conn.expire()
+        if self.idle is not None:
+            for conn in self.idle.pop_expired(now):
+                self.awaiting_pong.push(conn, now)
+                conn.ping()
+        for conn in self.awaiting_pong.pop_expired(now):
+            conn.fail(Close.INTERNAL_ERROR, "keepalive ping timeout")
+        for queue in (self.stalled, self.closing):
+            for conn in queue.pop_expired(now):
+                conn.abort()
+        self._next_tick = max(self._next_tick + TICK, now)
+        assert self.loop is not None
+        self._sweeper = self.loop.call_at(self._loop_time_of(self._next_tick), self._sweep)
+
+    def _loop_time_of(self, when: float) -> float:
+        """Translate our clock to the loop's (they are both monotonic, but may differ in origin)."""
+        assert self.loop is not None
+        return self.loop.time() + (when - self.clock())
+
+    # Applications
+
+    async def _run_app(self, session: Session) -> None:
+        try:
+            await self.app(session)
+        except ConnectionClosed:
+            return
+        except Exception:
+            self.events.log(logging.ERROR, "app_error", "application failed", exc_info=True)
+            await session.close(Close.INTERNAL_ERROR, "internal error")
+            return
+        if not session.closed:
+            await session.close()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _decrement(counts: dict[object, int], key: object) -> None:
+    count = counts[key] - 1
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
+
+
+def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Non-blocking listening sockets for every address ``host`` resolves to."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if port == 0:
+        infos = infos[:1]  # a free port is free on one address only
+    sockets = []
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

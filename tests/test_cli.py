@@ -1,0 +1,124 @@
+"""The command line, as an operator runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
+
+from support import (
+    SECRET,
+    ServerProcess,
+    frame,
+    legit,
+    open_legit,
+    read_close,
+    source,
+    tcp,
+    token,
+    upgrade_request,
+    upgraded,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "guarded_ws", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_sigterm_drains_authenticated_connections_with_1001():
+    server = ServerProcess("--set", "limits.drain_timeout=5")
+    ws = open_legit(server.port, source(2))
+    pending = upgraded(server.port, source(3))
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert read_close(pending) == 1001
+    assert server.wait(10) == 0
+    assert time.monotonic() - started < 8
+    assert "stopped" in server.output
+
+
+def test_no_credential_reaches_the_log():
+    server = ServerProcess("--log-level", "debug")
+    good = token("erin")
+    bad = token("mallory", key="a-different-secret-0123456789-abcdef")
+    expired = token("old", now=time.time() - 7200, ttl=60)
+    assert legit(server.port, source(2), sub="erin") == "hello"
+    for credential in (bad, expired, "garbage-credential-value-1234"):
+        sock = upgraded(server.port, source(3))
+        sock.sendall(frame(Opcode.TEXT, credential.encode()))
+        assert read_close(sock) == 4401
+    leaky = tcp(server.port, source(4))
+    leaky.sendall(upgrade_request("/ws?token=query-secret-value-5678"))
+    leaky.recv(4096)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    log = server.output
+    assert "auth failed" in log  # the failures were logged...
+    for secret in (good, bad, expired, "garbage-credential-value-1234", "query-secret-value-5678", SECRET):
+        assert secret not in log  # ...without the credential
+        for part in secret.split(".") if "." in secret else []:
+            assert part not in log
+
+
+def test_token_issue_prints_a_token_the_server_accepts():
+    issued = _cli("token", "issue", "--sub", "frank", "--ttl", "60", env={"GUARDED_WS_SECRET": SECRET})
+    assert issued.returncode == 0, issued.stderr
+    server = ServerProcess()
+    try:
+        client = _cli(
+            "client", f"ws://127.0.0.1:{server.port}/ws", "--token", issued.stdout.strip(), "--message", "hi"
+        )
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.splitlines() == ["authenticated as frank", "echo: hi"]
+    finally:
+        server.proc.terminate()
+        server.wait(10)
+
+
+def test_token_issue_without_a_secret_is_a_clear_error():
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GUARDED_WS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "guarded_ws", "token", "issue", "--sub", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "auth.secret" in result.stderr
+
+
+def test_bad_configuration_stops_start_up_naming_the_key():
+    result = _cli("serve", "--set", "limits.auth_timeout=-1")
+    assert result.returncode == 2
+    assert "limits.auth_timeout" in result.stderr
+
+
+def test_without_a_secret_serve_prints_a_working_development_token():
+    server = ServerProcess(secret=None)
+    try:
+        assert "DEVELOPMENT secret" in server.output
+        command = next(line for line in server.lines if " client ws://" in line).split()
+        client = _cli(*command[command.index("client") :])
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.splitlines() == ["authenticated as dev-user", "echo: hello"]
+    finally:
+        server.proc.terminate()
+        server.wait(10)

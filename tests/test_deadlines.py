@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from guarded_ws.deadlines import DeadlineQueue, Timed
+
+
+class Item(Timed):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+def names(items) -> list[str]:
+    return [item.name for item in items]
+
+
+def test_expires_in_insertion_order_and_stops_at_the_first_in_time():
+    queue = DeadlineQueue[Item]("auth", 5.0)
+    a, b, c = Item("a"), Item("b"), Item("c")
+    queue.push(a, now=0.0)
+    queue.push(b, now=1.0)
+    queue.push(c, now=2.0)
+    assert names(queue.pop_expired(4.9)) == []
+    assert names(queue.pop_expired(6.0)) == ["a", "b"]
+    assert len(queue) == 1
+    assert queue.oldest() is c
+    assert names(queue.pop_expired(100.0)) == ["c"]
+    assert len(queue) == 0 and queue.oldest() is None
+
+
+def test_traffic_does_not_extend_a_deadline():
+    queue = DeadlineQueue[Item]("handshake", 1.0)
+    item = Item("slow")
+    queue.push(item, now=0.0)
+    # nothing the peer does touches the queue; only the clock matters
+    assert names(queue.pop_expired(1.0)) == ["slow"]
+
+
+def test_discarded_items_never_expire():
+    queue = DeadlineQueue[Item]("auth", 1.0)
+    a, b = Item("a"), Item("b")
+    queue.push(a, 0.0)
+    queue.push(b, 0.0)
+    queue.discard(a)
+    assert len(queue) == 1
+    assert names(queue.pop_expired(5.0)) == ["b"]
+    assert a.queue is None
+
+
+def test_moving_between_queues_leaves_the_first():
+    handshake = DeadlineQueue[Item]("handshake", 1.0)
+    auth = DeadlineQueue[Item]("auth", 10.0)
+    item = Item("x")
+    handshake.push(item, 0.0)
+    auth.push(item, 0.5)
+    assert len(handshake) == 0 and len(auth) == 1
+    assert names(handshake.pop_expired(5.0)) == []
+    assert item.deadline == 10.5
+    assert names(auth.pop_expired(10.5)) == ["x"]
+
+
+def test_an_item_can_come_back_with_a_new_deadline():
+    keepalive = DeadlineQueue[Item]("keepalive", 10.0)
+    pong = DeadlineQueue[Item]("pong", 5.0)
+    x, y = Item("x"), Item("y")
+    keepalive.push(x, 0.0)
+    keepalive.push(y, 1.0)
+    pong.push(x, 2.0)
+    keepalive.push(x, 3.0)  # back, behind y
+    assert names(keepalive.pop_expired(11.0)) == ["y"]
+    assert names(keepalive.pop_expired(12.9)) == []
+    assert names(keepalive.pop_expired(13.0)) == ["x"]
+
+
+def test_stale_entries_are_compacted():
+    queue = DeadlineQueue[Item]("auth", 1000.0)
+    keep = Item("keep")
+    queue.push(keep, 0.0)
+    for i in range(10_000):
+        item = Item(str(i))
+        queue.push(item, 0.0)
+        queue.discard(item)
+    assert len(queue) == 1
+    assert len(queue._items) <= 2 * len(queue) + DeadlineQueue._SLACK + 1
+    assert queue.oldest() is keep
