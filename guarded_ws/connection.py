@@ -101,8 +101,7 @@ class Connection(asyncio.Protocol, Timed):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         if self.phase >= _CLOSING:  # evicted or shut down before the transport existed
             transport.abort()
 

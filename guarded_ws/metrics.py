@@ -9,11 +9,12 @@ subject or a credential.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.metrics import disable_created_metrics
 
+from . import __version__
 from .tokens import RESULTS
 
 # The `_created` series double the page for no use on a long-running server.
@@ -109,10 +110,18 @@ class Metrics:
         self.loop_lag = Gauge(
             PREFIX + "event_loop_lag_seconds", "How late the event loop ran the last periodic sweep.", registry=r
         )
+        self.limit = Gauge(
+            PREFIX + "limit", "Configured caps and deadlines, to draw 'used vs cap'.", ["name"], registry=r
+        )
+        Info(PREFIX + "build", "The running version.", registry=r).info({"version": __version__})
         errors = Counter(
             PREFIX + "accept_errors_total", "accept() failures, by errno.", ["errno"], registry=r
         )
         self.accept_errors = {name: errors.labels(name) for name in ACCEPT_ERRNOS}
+
+    def set_limits(self, limits: Mapping[str, float]) -> None:
+        for name, value in limits.items():
+            self.limit.labels(name).set(value)
 
     def observe(
         self,

@@ -106,6 +106,15 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self.events = RateLimitedLogger(log, clock=clock)
 
+        self.metrics.set_limits(
+            {
+                "max_pending_total": max_pending_total,
+                "max_pending_per_source": limits.max_pending_per_source,
+                "max_connections_total": max_connections_total,
+                "handshake_timeout": limits.handshake_timeout,
+                "auth_timeout": limits.auth_timeout,
+            }
+        )
         self.metrics.observe(
             pending=lambda phase: len(self.handshaking if phase == "handshake" else self.authenticating),
             authenticated=lambda: len(self.authenticated),

@@ -163,6 +163,7 @@ def open_legit(port: int, src: str = "127.0.0.1", sub: str = "alice", timeout: f
         compression=None,
         open_timeout=timeout,
         close_timeout=timeout,
+        legacy=True,  # the caller closes it; not a context manager
     )
     ws.send(token(sub))
     reply = json.loads(ws.recv(timeout=timeout))
@@ -270,6 +271,7 @@ class ServerProcess:
             preexec_fn=preexec,
         )
         self.lines: list[str] = []
+        self._changed = threading.Condition()
         self._ready = threading.Event()
         self.port = 0
         self.metrics_port = 0
@@ -282,12 +284,22 @@ class ServerProcess:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
             if match := re.search(r"listening on ws://[^:]+:(\d+)/", line):
                 self.port = int(match.group(1))
             if match := re.search(r"metrics on http://[^:]+:(\d+)/", line):
                 self.metrics_port = int(match.group(1))
                 self._ready.set()
+
+    def wait_line(self, text: str, timeout: float = 10.0) -> str:
+        """The first output line containing ``text``, waiting for it if need be."""
+        with self._changed:
+            found = self._changed.wait_for(lambda: next((l for l in self.lines if text in l), None), timeout)
+        if found is None:
+            raise AssertionError(f"no line with {text!r} in:\n{self.output}")
+        return found
 
     @property
     def output(self) -> str:

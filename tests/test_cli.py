@@ -114,8 +114,8 @@ def test_bad_configuration_stops_start_up_naming_the_key():
 def test_without_a_secret_serve_prints_a_working_development_token():
     server = ServerProcess(secret=None)
     try:
+        command = server.wait_line(" client ws://").split()
         assert "DEVELOPMENT secret" in server.output
-        command = next(line for line in server.lines if " client ws://" in line).split()
         client = _cli(*command[command.index("client") :])
         assert client.returncode == 0, client.stderr
         assert client.stdout.splitlines() == ["authenticated as dev-user", "echo: hello"]
