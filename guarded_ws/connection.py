@@ -138,6 +138,10 @@ class Connection(asyncio.Protocol, Timed):
         self.phase = _CLOSED
         if self.queue is not None:
             self.queue.discard(self)
+        if self.ws is not None:
+            # The Sans-I/O parser is a generator that refers back to its protocol: closing it
+            # breaks the cycle, so memory returns now, not at the next garbage collection.
+            self.ws.parser.close()
         if self.session is not None:
             server.leave_authenticated(self)
             self.session.lost(*self._close_status())

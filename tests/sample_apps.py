@@ -1,0 +1,25 @@
+"""Applications the tests serve by name (``server.app = "sample_apps:NAME"``)."""
+
+from __future__ import annotations
+
+import json
+
+from guarded_ws import Session
+
+
+async def whoami(conn: Session) -> None:
+    await conn.send(json.dumps({"subject": conn.subject, "source": conn.source, "sub_claim": conn.claims["sub"]}))
+    async for message in conn:
+        await conn.send(message.upper() if isinstance(message, str) else message)
+
+
+async def crash(conn: Session) -> None:
+    await conn.recv()
+    raise RuntimeError("application bug")
+
+
+async def firehose(conn: Session) -> None:
+    """Writes until the peer stops reading: the write-backpressure case."""
+    chunk = b"x" * 65536
+    for _ in range(100_000):
+        await conn.send(chunk)
