@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+PROMTOOL := /usr/bin/promtool
+
 .PHONY: run test clean
 
 $(BIN)/python:
@@ -17,7 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/guarded-ws serve $(ARGS)
 
-test: $(STAMP)
+# promtool checks the alert rules and dashboard queries (Debian's prometheus package).
+$(PROMTOOL):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+
+test: $(STAMP) $(PROMTOOL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -181,12 +181,17 @@ def check_expr(expr: str, known: dict[str, dict[str, tuple[str, ...] | None]], w
 
 
 def _unquote(value: str) -> str:
+    """A scalar as written after `key:`, quotes and a trailing comment removed."""
     value = value.strip()
     if value.startswith('"'):
-        return json.loads(value)
+        quoted = re.match(r'"(?:[^"\\]|\\.)*"', value)
+        assert quoted, value
+        return json.loads(quoted.group(0))
     if value.startswith("'"):
-        return value[1:-1].replace("''", "'")
-    return value
+        quoted = re.match(r"'(?:[^']|'')*'", value)
+        assert quoted, value
+        return quoted.group(0)[1:-1].replace("''", "'")
+    return re.split(r"\s+#", value)[0].strip()
 
 
 def yaml_values(text: str, key: str) -> list[str]:

@@ -64,7 +64,13 @@ def test_derived_pending_cap_keeps_descriptors_for_legitimate_clients(flood):
 
 def test_emfile_backs_off_and_recovers(flood):
     server = ServerProcess(
-        "--set", "limits.max_pending_total=2000", "--set", "limits.max_connections_total=50", preexec=_limit_fds
+        "--set",
+        "limits.max_pending_total=2000",
+        "--set",
+        "limits.max_connections_total=50",
+        "--set",
+        "limits.max_connections_per_source=50",
+        preexec=_limit_fds,
     )
     try:
         held = flood(server.port)
