@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from websockets.exceptions import PayloadTooBig, SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import Event
 from websockets.server import ServerProtocol
 
 from .codes import Close, http_refusal
@@ -214,8 +215,9 @@ class Connection(asyncio.Protocol, Timed):
         self.received = 0
         server.upgraded(self, now)
 
-    def _on_frames(self, frames: list) -> None:
+    def _on_frames(self, frames: list[Event]) -> None:
         for frame in frames:
+            assert isinstance(frame, Frame)
             phase = self.phase
             if phase is _OPEN:
                 self._on_app_frame(frame)

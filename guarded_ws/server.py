@@ -331,7 +331,9 @@ class Server:
         for queue in (self.stalled, self.closing):
             for conn in queue.pop_expired(now):
                 conn.abort()
-        self._next_tick = max(self._next_tick + TICK, now)
+        self._next_tick += TICK
+        if self._next_tick <= now:  # fell behind: measure lag against a fresh schedule
+            self._next_tick = now + TICK
         assert self.loop is not None
         self._sweeper = self.loop.call_at(self._loop_time_of(self._next_tick), self._sweep)
 
