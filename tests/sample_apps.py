@@ -23,3 +23,10 @@ async def firehose(conn: Session) -> None:
     chunk = b"x" * 65536
     for _ in range(100_000):
         await conn.send(chunk)
+
+
+def verify_hook(token: str) -> dict[str, object]:
+    """An operator's own credential check (``auth.verifier = "sample_apps:verify_hook"``)."""
+    if token == "open-sesame":
+        return {"sub": "hooked"}
+    raise ValueError("unknown credential")
