@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from websockets.exceptions import PayloadTooBig, SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import Event
+from websockets.protocol import CONNECTING as WS_CONNECTING
+from websockets.protocol import OPEN as WS_OPEN
+from websockets.protocol import Event, State
 from websockets.server import ServerProtocol
 
 from .codes import Close, http_refusal
@@ -45,6 +47,26 @@ _PONG_FIRST_BYTE = 0x80 | Opcode.PONG  # FIN + opcode: how an outgoing pong star
 REFUSE_MALFORMED = http_refusal(HTTPStatus.BAD_REQUEST)
 REFUSE_TOO_LARGE = http_refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
 REFUSE_TIMEOUT = http_refusal(HTTPStatus.REQUEST_TIMEOUT)
+
+
+def _sansio(max_size: int, state: State) -> ServerProtocol:
+    return ServerProtocol(extensions=None, max_size=max_size, state=state, logger=_WS_LOGGER)
+
+
+def _head_end(buffered: bytearray, data: bytes) -> int:
+    """Offset in ``data`` just past the empty line that ends the request head, or -1.
+
+    ``buffered`` is what the parser holds of the current line, so it starts at a line start.
+    """
+    text = bytes(buffered) + data if buffered else data
+    if text.startswith(b"\r\n"):
+        end = 2
+    else:
+        found = text.find(b"\n\r\n")
+        if found < 0:
+            return -1
+        end = found + 3
+    return end - len(buffered)
 
 
 class Phase(IntEnum):
@@ -166,29 +188,31 @@ class Connection(asyncio.Protocol, Timed):
         server = self.server
         ws = self.ws
         if ws is None:
-            ws = self.ws = ServerProtocol(extensions=None, max_size=server.max_preauth_bytes, logger=_WS_LOGGER)
+            ws = self.ws = _sansio(server.max_preauth_bytes, WS_CONNECTING)
+        # Feed the parser the request head only: what follows goes to the frame parser that
+        # replaces it after the upgrade (see _upgrade).
+        end = _head_end(ws.reader.buffer, data)
+        head, rest = (data, b"") if end < 0 else (data[:end], data[end:])
         room = server.max_request_bytes - self.received
-        rest = b""
-        if len(data) > room:
-            data, rest = data[:room], data[room:]
-        self.received += len(data)
-        ws.receive_data(data)
+        too_large = len(head) > room
+        if too_large:
+            head, rest = head[:room], b""
+        self.received += len(head)
+        ws.receive_data(head)
         events = ws.events_received()
         if events:
             self._on_request(events[0])  # type: ignore[arg-type]
-            if self.phase is _AUTH:
-                self._on_frames(events[1:])
-                if rest and self.phase is _AUTH:
-                    self.received += len(rest)
-                    ws.receive_data(rest)
-                    self._on_frames(ws.events_received())
+            if rest and self.phase is _AUTH:
+                self.received = len(rest)
+                self.ws.receive_data(rest)  # type: ignore[union-attr]
+                self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
                 self._check_preauth_budget()
         elif ws.handshake_exc is not None:
             if isinstance(ws.handshake_exc, SecurityError):
                 server.count_refusal("headers_too_large")  # websockets wrote its 414 or 431
             else:
                 self._refuse(REFUSE_MALFORMED, "malformed")
-        elif rest or self.received >= server.max_request_bytes:
+        elif too_large or self.received >= server.max_request_bytes:
             self._refuse(REFUSE_TOO_LARGE, "headers_too_large")
 
     def _on_request(self, request: Request) -> None:
@@ -209,6 +233,11 @@ class Connection(asyncio.Protocol, Timed):
             ws.send_response(response)
             return
         ws.send_response(response)
+        self._flush()
+        # The handshake parser's generator keeps the request (about 2 KiB of headers) alive for
+        # the connection's whole life; a fresh protocol in the OPEN state parses frames alone.
+        ws.parser.close()
+        self.ws = _sansio(server.max_preauth_bytes, WS_OPEN)
         now = server.clock()
         self.phase = _AUTH
         self.upgraded_at = now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 
 import pytest
@@ -128,15 +129,22 @@ def test_bad_credential_is_closed_with_4401(serve, kind):
     wait_for(server.idle_state, what="pending state released")
 
 
-def test_upgrade_token_and_message_in_one_write_loses_nothing(serve):
+@pytest.mark.parametrize("split", [None, 1, 2, 3, 4, 30])
+def test_upgrade_token_and_messages_together_lose_nothing(serve, split):
+    """However the request's end and the frames behind it fall into TCP segments."""
     server = serve()
     client = tcp(server.port)
-    client.sendall(
-        upgrade_request()
-        + frame(Opcode.TEXT, token("bob").encode())
-        + frame(Opcode.TEXT, b"first")
-        + frame(Opcode.TEXT, b"second")
-    )
+    request = upgrade_request()
+    stream = request + frame(Opcode.TEXT, token("bob").encode()) + frame(Opcode.TEXT, b"first")
+    stream += frame(Opcode.TEXT, b"second")
+    if split is None:
+        client.sendall(stream)
+    else:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cut = len(request) - split if split < 30 else len(request) + split
+        client.sendall(stream[:cut])
+        time.sleep(0.05)  # two segments, so the server reads the stream in two pieces
+        client.sendall(stream[cut:])
     assert status_of(read_response_head(client)) == 101
     assert read_frame(client) == (Opcode.TEXT, b'{"type": "authenticated", "subject": "bob"}')
     assert read_frame(client) == (Opcode.TEXT, b"first")
