@@ -68,6 +68,8 @@ class LimitsConfig:
     max_request_bytes: int = 8192
     max_preauth_bytes: int = 4096
     max_pending_per_source: int = 32
+    accept_rate_per_source: float = 0.0  # connections per second; 0: no rate limit
+    accept_burst_per_source: int = 20
     max_pending_total: int | None = None  # None: derived from RLIMIT_NOFILE
     overload_policy: str = "evict-oldest"
     ipv4_prefix: int = 32
@@ -370,6 +372,8 @@ _RULES: dict[str, _Rule] = {
     "limits.max_request_bytes": _at_least(256),
     "limits.max_preauth_bytes": _at_least(64),
     "limits.max_pending_per_source": _at_least(1),
+    "limits.accept_rate_per_source": (lambda value: value >= 0, "must be >= 0"),
+    "limits.accept_burst_per_source": _at_least(1),
     "limits.max_pending_total": _at_least(1),
     "limits.overload_policy": _one_of("evict-oldest", "reject"),
     "limits.ipv4_prefix": _between(1, 32),

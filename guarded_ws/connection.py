@@ -125,8 +125,9 @@ class Connection(asyncio.Protocol, Timed):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
-        if self.phase >= _CLOSING:  # evicted or shut down before the transport existed
-            transport.abort()
+        if self.phase >= _CLOSING:  # evicted, or shut down, before the transport existed
+            transport.write(self.server.unavailable)
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
@@ -376,10 +377,10 @@ class Connection(asyncio.Protocol, Timed):
             self.server.count_auth(self.server.verifier.method, "timeout")
             self.fail(Close.AUTH_TIMEOUT, "authentication timeout")
 
-    def evict(self, refusal: bytes, code: int) -> None:
+    def evict(self, code: int) -> None:
         """Make room for a newer connection (overload policy evict-oldest), or shut down."""
         if self.phase is _HANDSHAKE:
-            self._refuse(refusal, None)
+            self._refuse(self.server.unavailable, None)
         elif self.phase is _AUTH:
             self.fail(code, "server overloaded" if code == Close.TRY_AGAIN_LATER else "server shutting down")
 

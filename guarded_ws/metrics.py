@@ -22,6 +22,7 @@ disable_created_metrics()
 
 REJECT_REASONS = (
     "per_source_cap",
+    "per_source_rate",
     "global_cap",
     "connections_cap",
     "source_connections_cap",

@@ -16,14 +16,15 @@ import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-from .apps import App
 from .admission import Admission, Verdict, source_keyer
+from .apps import App
 from .codes import Close, http_refusal
 from .config import Config
 from .connection import Connection, Phase
 from .deadlines import DeadlineQueue
 from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
+from .rate import AcceptRate
 from .session import ConnectionClosed, Session
 from .tokens import HookVerifier, TokenVerifier
 
@@ -73,6 +74,11 @@ class Server:
             evict_oldest=limits.overload_policy == "evict-oldest",
         )
         self.source_key = source_keyer(limits.ipv4_prefix, limits.ipv6_prefix)
+        self.accept_rate = (
+            AcceptRate(limits.accept_rate_per_source, limits.accept_burst_per_source)
+            if limits.accept_rate_per_source > 0
+            else None
+        )
         self.max_connections_total = max_connections_total
 
         Queue = DeadlineQueue[Connection]
@@ -88,12 +94,13 @@ class Server:
         self._per_subject: dict[str, int] = {}
 
         retry = limits.retry_after
+        self._too_many = http_refusal(HTTPStatus.TOO_MANY_REQUESTS, retry)
+        self.unavailable = http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry)
         self._refusals = {
-            Verdict.REJECT_SOURCE: (http_refusal(HTTPStatus.TOO_MANY_REQUESTS, retry), "per_source_cap"),
-            Verdict.REJECT_GLOBAL: (http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry), "global_cap"),
-            Verdict.EVICT: (http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry), "global_cap"),
+            Verdict.REJECT_SOURCE: (self._too_many, "per_source_cap"),
+            Verdict.REJECT_GLOBAL: (self.unavailable, "global_cap"),
+            Verdict.EVICT: (self.unavailable, "global_cap"),
         }
-        self._unavailable = http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry)
 
         self.listeners: list[socket.socket] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -149,7 +156,7 @@ class Server:
             sock.close()
         for queue in (self.handshaking, self.authenticating):
             for conn in list(queue.pop_expired(float("inf"))):
-                conn.evict(self._unavailable, Close.GOING_AWAY)
+                conn.evict(Close.GOING_AWAY)
         for conn in list(self.authenticated):
             conn.start_close(Close.GOING_AWAY, "server shutting down")
         assert self._drained is not None
@@ -200,9 +207,12 @@ class Server:
             metrics.accepted.inc()
             host = address[0]
             source = self.source_key(host)
+            if self.accept_rate is not None and not self.accept_rate.allow(source, now):
+                self._refuse(sock, self._too_many, "per_source_rate", host)
+                continue
             verdict = admission.check(source)
             if verdict is not Verdict.ADMIT and not (verdict is Verdict.EVICT and self._evict_oldest()):
-                self._refuse(sock, verdict, host)
+                self._refuse(sock, *self._refusals[verdict], host)
                 continue
             admission.take(source)
             conn = Connection(self, source, host, now)
@@ -218,8 +228,7 @@ class Server:
             sock.close()
             conn.connection_lost(None)
 
-    def _refuse(self, sock: socket.socket, verdict: Verdict, host: str) -> None:
-        response, reason = self._refusals[verdict]
+    def _refuse(self, sock: socket.socket, response: bytes, reason: str, host: str) -> None:
         try:
             sock.send(response, socket.MSG_DONTWAIT)
         except OSError:
@@ -234,7 +243,7 @@ class Server:
             return False
         victim = min(oldest, key=lambda conn: conn.accepted_at)
         self.metrics.evicted["handshake" if victim.phase is Phase.HANDSHAKE else "auth"].inc()
-        victim.evict(self._unavailable, Close.TRY_AGAIN_LATER)
+        victim.evict(Close.TRY_AGAIN_LATER)
         return True
 
     def _accept_exhausted(self, exc: OSError) -> None:

@@ -34,7 +34,7 @@ JOB = "guarded-ws"
 
 # What guarded-ws exports: metric name -> {label: its fixed values, or None for any value}.
 REJECT_REASONS = (
-    "per_source_cap", "global_cap", "connections_cap", "source_connections_cap", "subject_connections_cap",
+    "per_source_cap", "per_source_rate", "global_cap", "connections_cap", "source_connections_cap", "subject_connections_cap",
     "origin", "path", "malformed", "not_websocket", "headers_too_large", "shutting_down",
 )  # fmt: skip
 PHASES = ("handshake", "auth")

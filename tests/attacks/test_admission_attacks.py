@@ -102,3 +102,17 @@ def test_subject_cap_after_auth_closes_with_1013(serve):
     assert server.metric("guarded_ws_connections_rejected_total", reason="subject_connections_cap") == 1
     for ws in kept:
         ws.close()
+
+
+def test_per_source_accept_rate_refuses_a_connect_storm(serve):
+    server = serve(limits__accept_rate_per_source=1.0, limits__accept_burst_per_source=3)
+    statuses = []
+    for _ in range(6):  # closed at once: only the rate can refuse them
+        sock = tcp(server.port, source(2))
+        sock.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        statuses.append(status_of(read_response_head(sock)))
+        sock.close()
+    assert statuses[:3] == [404] * 3
+    assert 429 in statuses[3:]
+    assert server.metric("guarded_ws_connections_rejected_total", reason="per_source_rate") >= 1
+    assert legit(server.port, source(3)) == "hello"
