@@ -13,6 +13,12 @@ async def whoami(conn: Session) -> None:
         await conn.send(message.upper() if isinstance(message, str) else message)
 
 
+async def closer(conn: Session) -> None:
+    await conn.send("bye")
+    await conn.close(4000, "done")
+    assert conn.closed
+
+
 async def crash(conn: Session) -> None:
     await conn.recv()
     raise RuntimeError("application bug")

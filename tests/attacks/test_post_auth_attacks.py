@@ -104,3 +104,14 @@ def test_an_app_that_fails_closes_with_1011_and_the_server_goes_on(serve):
         ws.send("again")
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
+
+
+def test_the_app_closes_with_its_own_code(serve):
+    server = serve(server__app="sample_apps:closer")
+    with open_legit(server.port, source(2)) as ws:
+        assert ws.recv(timeout=5) == "bye"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "done")
+    wait_for(lambda: server.metric("guarded_ws_authenticated_connections") == 0, what="the session to end")
