@@ -130,6 +130,14 @@ class Connection(asyncio.Protocol, Timed):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._data_received(data)
+        except Exception:
+            # A bug must cost one connection and one rate-limited log line, not a traceback per peer.
+            self.server.events.log(logging.ERROR, "internal_error", "internal error; connection dropped", exc_info=True)
+            self.abort()
+
+    def _data_received(self, data: bytes) -> None:
         phase = self.phase
         if phase is _OPEN:
             self.ws.receive_data(data)  # type: ignore[union-attr]
@@ -224,10 +232,11 @@ class Connection(asyncio.Protocol, Timed):
         if path != server.path:
             self._reject(HTTPStatus.NOT_FOUND, "path")
             return
-        origin = request.headers.get("Origin")
-        if origin is not None and server.allowed_origins and origin not in server.allowed_origins:
-            self._reject(HTTPStatus.FORBIDDEN, "origin")
-            return
+        if server.allowed_origins:
+            origins = request.headers.get_all("Origin")
+            if origins and (len(origins) > 1 or origins[0] not in server.allowed_origins):
+                self._reject(HTTPStatus.FORBIDDEN, "origin")
+                return
         response = ws.accept(request)
         if response.status_code != 101:
             server.count_refusal("not_websocket" if response.status_code == 426 else "malformed")
@@ -237,8 +246,10 @@ class Connection(asyncio.Protocol, Timed):
         self._flush()
         # The handshake parser's generator keeps the request (about 2 KiB of headers) alive for
         # the connection's whole life; a fresh protocol in the OPEN state parses frames alone.
+        # Its size limit is the post-auth one: messages that follow the credential in the same
+        # read are the app's. Before auth, the byte count and the credential's size check hold.
         ws.parser.close()
-        self.ws = _sansio(server.max_preauth_bytes, WS_OPEN)
+        self.ws = _sansio(server.max_message_bytes, WS_OPEN)
         now = server.clock()
         self.phase = _AUTH
         self.upgraded_at = now
@@ -257,8 +268,13 @@ class Connection(asyncio.Protocol, Timed):
                 return
 
     def _on_credential_frame(self, frame: Frame) -> None:
+        if self.ws.state is not WS_OPEN:  # type: ignore[union-attr]
+            return  # the peer's close frame came in the same read: it is leaving
         op = frame.opcode
-        if op is _TEXT and frame.fin:
+        if len(frame.data) > self.server.max_preauth_bytes:
+            self.server.count_auth(self.server.verifier.method, "too_large")
+            self.fail(Close.MESSAGE_TOO_BIG, "credential too large")
+        elif op is _TEXT and frame.fin:
             self._authenticate(frame.data)
         elif op is _TEXT or op is _BINARY or op is _CONT:
             self.server.count_auth(self.server.verifier.method, "protocol")
@@ -298,7 +314,6 @@ class Connection(asyncio.Protocol, Timed):
         ws = self.ws
         assert ws is not None
         self.phase = _OPEN
-        ws.max_message_size = server.max_message_bytes
         ws.send_text(json.dumps({"type": "authenticated", "subject": identity.subject}).encode())
         server.count_auth(verifier.method, "ok")
         server.metrics.auth_duration[verifier.method].observe(now - self.upgraded_at)

@@ -150,3 +150,20 @@ def test_upgrade_token_and_messages_together_lose_nothing(serve, split):
     assert read_frame(client) == (Opcode.TEXT, b"first")
     assert read_frame(client) == (Opcode.TEXT, b"second")
 
+
+
+def test_token_and_close_in_one_read_ends_quietly(serve):
+    server = serve()
+    attacker = upgraded(server.port, source(2))
+    attacker.sendall(frame(Opcode.TEXT, token().encode()) + frame(Opcode.CLOSE, (1000).to_bytes(2, "big")))
+    assert read_close(attacker) == 1000  # the server completes the closing handshake
+    assert server.metric("guarded_ws_authenticated_connections") == 0
+    wait_for(server.idle_state, what="pending state released")
+
+
+def test_a_large_message_right_behind_the_token_is_the_apps(serve):
+    server = serve(limits__max_preauth_bytes=1024)
+    client = upgraded(server.port, source(2))
+    client.sendall(frame(Opcode.TEXT, token("kim").encode()) + frame(Opcode.TEXT, b"m" * 5000))
+    assert read_frame(client) == (Opcode.TEXT, b'{"type": "authenticated", "subject": "kim"}')
+    assert read_frame(client) == (Opcode.TEXT, b"m" * 5000)

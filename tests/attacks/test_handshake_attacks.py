@@ -108,3 +108,12 @@ def test_forged_origin_gets_403_when_origins_are_configured(serve):
     good.sendall(upgrade_request(headers={"Origin": "https://app.example"}))
     assert status_of(read_response_head(good)) == 101
     assert server.metric("guarded_ws_connections_rejected_total", reason="origin") == 1
+
+
+def test_a_second_origin_header_cannot_sneak_past_the_check(serve):
+    server = serve(server__allowed_origins=["https://app.example"])
+    attacker = tcp(server.port)
+    request = upgrade_request(headers={"Origin": "https://app.example"})
+    attacker.sendall(request[:-2] + b"Origin: https://evil.test\r\n\r\n")
+    assert status_of(read_response_head(attacker)) == 403
+    assert legit(server.port, "127.0.0.3") == "hello"
