@@ -4,7 +4,12 @@ Same accept loop shape as guarded-ws (a non-blocking listener on the event loop,
 ``accept()`` in batches of 64), no protocol at all: what refusing a connection can cost
 at best on this machine, in this language, on this loop.
 
+``--hold`` keeps every accepted socket open instead (a sink), and ``--workers N`` runs N
+processes on one port with SO_REUSEPORT: how bench/flood.py shows it can hold more
+connections than one process has descriptors.
+
     python bench/bare_server.py --port 8767 [--loop asyncio]
+    python bench/bare_server.py --port 8767 --hold --workers 2
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import wire  # noqa: E402
 BATCH = 64
 
 
-async def main(host: str, port: int, backlog: int) -> None:
+async def main(host: str, port: int, backlog: int, hold: bool = False, reuseport: bool = False) -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held: list[socket.socket] = []
     listener.bind((host, port))
     listener.listen(backlog)
     listener.setblocking(False)
@@ -39,7 +47,10 @@ async def main(host: str, port: int, backlog: int) -> None:
                 return
             except OSError:
                 return  # EMFILE and friends: nothing to free, try again at the next event
-            sock.close()
+            if hold:
+                held.append(sock)
+            else:
+                sock.close()
 
     loop = asyncio.get_running_loop()
     loop.add_reader(listener.fileno(), on_readable)
@@ -59,9 +70,20 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8767, help="0: any free port")
     parser.add_argument("--backlog", type=int, default=1024, help="guarded-ws's default")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--hold", action="store_true", help="keep accepted sockets open (a sink)")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
     wire.raise_nofile()
-    wire.run(main(args.host, args.port, args.backlog), args.loop)
+    if args.workers > 1:
+        if args.port == 0:
+            parser.error("--workers needs a fixed --port")
+        for _ in range(args.workers - 1):
+            if os.fork() == 0:
+                import ctypes
+
+                ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: go when the parent goes
+                break
+    wire.run(main(args.host, args.port, args.backlog, args.hold, args.workers > 1), args.loop)
 
 
 if __name__ == "__main__":
