@@ -14,7 +14,10 @@ import resource
 import socket
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 IP_BIND_ADDRESS_NO_PORT = 24  # Linux: the port is picked at connect(), per 4-tuple
 SECRET_ENV = "GUARDED_WS_SECRET"
@@ -186,7 +189,7 @@ def errname(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def run(coro, loop: str = "uvloop"):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T], loop: str = "uvloop") -> T:
     """Run a coroutine on uvloop (when asked and installed) or asyncio's own loop."""
     import asyncio
 
