@@ -29,7 +29,6 @@ import json
 import math
 import os
 import random
-import resource
 import socket
 import ssl
 import struct
@@ -44,6 +43,7 @@ import websocket  # websocket-client
 from gevent import select as gselect
 from locust import LoadTestShape, User, between, events, task
 
+from guarded_ws.config import raise_nofile_limit
 from guarded_ws.tokens import issue_token
 
 IP_BIND_ADDRESS_NO_PORT = 24  # Linux: the port is chosen at connect(), so sources do not run out early
@@ -56,18 +56,7 @@ MAX_HEAD = 65_536  # bound on an HTTP response head
 REFUSALS = (429, 503)  # an upgrade refused by a per-source or global cap: a defence too
 
 
-def _raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit: every attacker holds a socket."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-_raise_nofile()
+raise_nofile_limit()  # every attacker holds a socket
 
 
 # Settings: custom Locust arguments, each with an environment variable (and locust.conf key).

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import math
 import os
-import resource
 import socket
 import struct
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
+
+from guarded_ws.config import raise_nofile_limit as raise_nofile  # noqa: F401  (used by the tools)
 
 T = TypeVar("T")
 
@@ -24,17 +25,6 @@ SECRET_ENV = "GUARDED_WS_SECRET"
 DEFAULT_SECRET = "bench-secret-for-guarded-ws-0123456789abcdef"
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-def raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard one; returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def source(n: int, base: int = 0) -> str:
