@@ -199,6 +199,21 @@ def test_audience_is_checked_when_configured():
     assert check.verify(signed(aud="guarded-ws"), NOW).subject == SUB
     reject(check, signed(aud="another-service"), "invalid")
     reject(check, signed(), "invalid")  # a token for anyone is not a token for us
+    assert check.verify(signed(aud=["other", "guarded-ws"]), NOW).subject == SUB
+    reject(check, signed(aud=["other", "another-service"]), "invalid")
+    reject(check, signed(aud={"guarded-ws": 1}), "invalid")
+
+
+def test_a_token_for_an_audience_is_refused_where_none_is_configured():
+    reject(verifier(), signed(aud="some-service"), "invalid")
+    assert verifier().verify(signed(aud=""), NOW).subject == SUB  # empty: no audience, as PyJWT reads it
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b"not json", b'"alice"'])
+def test_a_payload_that_is_not_a_json_object_is_invalid(payload):
+    signing_input = f"{b64(json.dumps({'alg': 'HS256'}).encode())}.{b64(payload)}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    reject(verifier(), f"{signing_input}.{b64(signature)}", "invalid")
 
 
 def test_issuer_is_checked_when_configured():
