@@ -317,7 +317,7 @@ class Connection(asyncio.Protocol, Timed):
         ws.send_text(json.dumps({"type": "authenticated", "subject": identity.subject}).encode())
         server.count_auth(verifier.method, "ok")
         server.metrics.auth_duration[verifier.method].observe(now - self.upgraded_at)
-        self.session = Session(self, identity.subject, identity.claims, self.host)
+        self.session = Session(self, identity.subject, identity.claims, self.host, server.loop)  # type: ignore[arg-type]
         server.start_session(self, now)
 
     # Authenticated

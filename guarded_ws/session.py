@@ -31,10 +31,18 @@ class ConnectionClosed(Exception):
 
 
 class Session:
-    __slots__ = ("_conn", "subject", "claims", "source", "_inbox", "_waiter", "_drain", "_closed", "_done")
+    __slots__ = ("_conn", "_loop", "subject", "claims", "source", "_inbox", "_waiter", "_drain", "_closed", "_done")
 
-    def __init__(self, conn: Connection, subject: str, claims: Mapping[str, Any], source: str) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        subject: str,
+        claims: Mapping[str, Any],
+        source: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self._conn = conn
+        self._loop = loop
         self.subject = subject
         self.claims = claims
         self.source = source
@@ -42,7 +50,7 @@ class Session:
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._closed: ConnectionClosed | None = None
-        self._done = asyncio.get_running_loop().create_future()
+        self._done: asyncio.Future[None] | None = None  # made by close() only: most sessions never wait on it
 
     @property
     def closed(self) -> bool:
@@ -53,7 +61,7 @@ class Session:
         while not self._inbox:
             if self._closed is not None:
                 raise self._closed
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -69,7 +77,7 @@ class Session:
             raise self._closed
         self._conn.send_message(message)
         while self._conn.writing_paused and self._closed is None:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._loop.create_future()
             try:
                 await self._drain
             finally:
@@ -80,6 +88,10 @@ class Session:
     async def close(self, code: int = Close.NORMAL, reason: str = "") -> None:
         """Start the closing handshake and wait until the connection is gone."""
         self._conn.start_close(code, reason)
+        if self._closed is not None:
+            return
+        if self._done is None:
+            self._done = self._loop.create_future()
         await asyncio.shield(self._done)
 
     def __aiter__(self) -> Session:
@@ -106,8 +118,7 @@ class Session:
         self._closed = ConnectionClosed(code, reason)
         _wake(self._waiter)
         _wake(self._drain)
-        if not self._done.done():
-            self._done.set_result(None)
+        _wake(self._done)
 
 
 def _wake(future: asyncio.Future[None] | None) -> None:
