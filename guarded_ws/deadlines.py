@@ -14,8 +14,8 @@ Pure: the caller passes the clock reading.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 
 class Timed:
@@ -76,6 +76,11 @@ class DeadlineQueue(Generic[T]):
             items.popleft()
         return None
 
+    def next_deadline(self) -> float | None:
+        """When the oldest item expires; None when the queue is empty."""
+        oldest = self.oldest()
+        return None if oldest is None else oldest.deadline
+
     def pop_expired(self, now: float) -> Iterator[T]:
         """Yield (and remove) every item whose deadline is at or before ``now``."""
         items = self._items
@@ -90,3 +95,17 @@ class DeadlineQueue(Generic[T]):
             item.queue = None
             self._live -= 1
             yield item
+
+
+def next_sweep(queues: Iterable[DeadlineQueue[Any]], now: float, longest: float, shortest: float) -> float:
+    """When to sweep next: at the soonest deadline, but within [now + shortest, now + longest].
+
+    The upper bound keeps the sweep's loop-lag reading regular; the lower one lets a flood's
+    steady stream of deadlines expire in batches instead of one sweep each.
+    """
+    soonest = now + longest
+    for queue in queues:
+        deadline = queue.next_deadline()
+        if deadline is not None and deadline < soonest:
+            soonest = deadline
+    return max(soonest, now + shortest)

@@ -21,7 +21,7 @@ from .apps import App
 from .codes import Close, http_refusal
 from .config import Config
 from .connection import Connection, Phase
-from .deadlines import DeadlineQueue
+from .deadlines import DeadlineQueue, next_sweep
 from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
 from .rate import AcceptRate
@@ -32,8 +32,10 @@ Verifier = TokenVerifier | HookVerifier
 
 log = logging.getLogger("guarded_ws")
 
-# Sweep period: deadline precision and loop-lag resolution.
+# The sweep runs when the soonest deadline falls due, but at least every TICK (loop-lag
+# resolution) and at most every SWEEP_GAP (deadlines that close expire in one sweep).
 TICK = 0.05
+SWEEP_GAP = 0.005
 # Back-off while accept() fails for lack of descriptors or memory.
 ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.01, 1.0
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -88,6 +90,9 @@ class Server:
         self.awaiting_pong = Queue("pong", limits.ping_timeout)
         self.stalled = Queue("stalled", limits.write_stall_timeout)
         self.closing = Queue("closing", limits.close_timeout)
+        self._queues = [self.handshaking, self.authenticating, self.awaiting_pong, self.stalled, self.closing]
+        if self.idle is not None:
+            self._queues.append(self.idle)
 
         self.authenticated: set[Connection] = set()
         self._per_source: dict[object, int] = {}
@@ -340,9 +345,7 @@ class Server:
         for queue in (self.stalled, self.closing):
             for conn in queue.pop_expired(now):
                 conn.abort()
-        self._next_tick += TICK
-        if self._next_tick <= now:  # fell behind: measure lag against a fresh schedule
-            self._next_tick = now + TICK
+        self._next_tick = next_sweep(self._queues, self.clock(), TICK, SWEEP_GAP)
         assert self.loop is not None
         self._sweeper = self.loop.call_at(self._loop_time_of(self._next_tick), self._sweep)
 

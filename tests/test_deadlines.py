@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from guarded_ws.deadlines import DeadlineQueue, Timed
+from guarded_ws.deadlines import DeadlineQueue, Timed, next_sweep
 
 
 class Item(Timed):
@@ -84,3 +84,24 @@ def test_stale_entries_are_compacted():
     assert len(queue) == 1
     assert len(queue._items) <= 2 * len(queue) + DeadlineQueue._SLACK + 1
     assert queue.oldest() is keep
+
+
+def test_the_sweep_comes_when_the_soonest_deadline_falls_due():
+    auth, closing = DeadlineQueue[Item]("auth", 5.0), DeadlineQueue[Item]("closing", 1.0)
+    bounds = {"longest": 0.5, "shortest": 0.125}
+    assert next_sweep([auth, closing], 10.0, **bounds) == 10.5  # nothing due: at the latest
+    auth.push(Item("a"), now=5.375)
+    assert next_sweep([auth, closing], 10.0, **bounds) == 10.375
+    closing.push(Item("b"), now=9.25)
+    assert next_sweep([auth, closing], 10.0, **bounds) == 10.25
+    assert next_sweep([auth, closing], 10.5, **bounds) == 10.625  # overdue: not before `shortest`
+
+
+def test_a_discarded_head_does_not_bring_the_sweep_forward():
+    queue = DeadlineQueue[Item]("auth", 5.0)
+    gone, kept = Item("gone"), Item("kept")
+    queue.push(gone, now=5.0)
+    queue.push(kept, now=5.25)
+    queue.discard(gone)
+    assert queue.next_deadline() == 10.25
+    assert next_sweep([queue], 10.0, longest=0.5, shortest=0.125) == 10.25
