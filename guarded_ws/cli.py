@@ -24,6 +24,7 @@ SHORTCUTS = {
     "log_level": "server.log_level",
     "metrics_host": "metrics.host",
     "metrics_port": "metrics.port",
+    "upstream": "relay.upstream",
 }
 
 
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port, 0 for any free one (server.port)")
     serve.add_argument("--path", help="WebSocket path (server.path)")
     serve.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (server.loop)")
-    serve.add_argument("--app", help="'echo' or 'module:function' (server.app)")
+    serve.add_argument("--app", help="'echo', 'relay' or 'module:function' (server.app)")
+    serve.add_argument("--upstream", help="the relay app's upstream, ws://HOST:PORT/PATH (relay.upstream)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(server.log_level)")
     serve.add_argument("--metrics-host", help="admin port address (metrics.host)")
     serve.add_argument("--metrics-port", type=int, help="admin port (metrics.port)")

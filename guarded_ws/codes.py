@@ -13,7 +13,8 @@ class Close(IntEnum):
     POLICY_VIOLATION = 1008  # binary or fragmented credential
     MESSAGE_TOO_BIG = 1009  # pre-auth budget or max_message_bytes
     INTERNAL_ERROR = 1011  # the app failed, or keepalive timed out
-    TRY_AGAIN_LATER = 1013  # evicted, or over a connection cap after auth
+    TRY_AGAIN_LATER = 1013  # evicted, over a connection cap after auth, or the relay's upstream is down
+    BAD_GATEWAY = 1014  # the relay's upstream went away or broke the protocol
     INVALID_CREDENTIAL = 4401
     AUTH_TIMEOUT = 4408
 

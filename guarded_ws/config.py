@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, get_type_hints
 
 SECRET_ENV = "GUARDED_WS_SECRET"
+RELAY_SECRET_ENV = "GUARDED_WS_RELAY_SECRET"
 _ENV_PREFIX = "GUARDED_WS_"
-# Not settings: the secret is handled apart, and the CLI reads the config file's path.
-_ENV_NOT_SETTINGS = frozenset({SECRET_ENV, "GUARDED_WS_CONFIG"})
+# Not settings: the secrets are handled apart, and the CLI reads the config file's path.
+_ENV_NOT_SETTINGS = frozenset({SECRET_ENV, RELAY_SECRET_ENV, "GUARDED_WS_CONFIG"})
 
 # Descriptors kept out of the connection caps: listeners, the metrics port and its
 # scrapes, logging, the event loop and stdio.
@@ -110,11 +111,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The relay app (``server.app = "relay"``): where to, and the secret that signs the identity."""
+
+    upstream: str | None = None  # ws://HOST:PORT/PATH or wss://...
+    secret_file: str | None = None
+    connect_timeout: float = 5.0
+    # From GUARDED_WS_RELAY_SECRET or secret_file; shared with the upstream only, never the token secret.
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
     @property
     def needs_dev_secret(self) -> bool:
@@ -145,7 +158,10 @@ def load_config(
     secret = environ.get(SECRET_ENV)
     if secret == "":
         raise ConfigError("auth.secret", f"{SECRET_ENV} is set but empty")
-    return _build(values, secret)
+    relay_secret = environ.get(RELAY_SECRET_ENV)
+    if relay_secret == "":
+        raise ConfigError("relay.secret", f"{RELAY_SECRET_ENV} is set but empty")
+    return _build(values, secret, relay_secret)
 
 
 def with_overrides(config: Config, overrides: Mapping[str, object]) -> Config:
@@ -157,7 +173,10 @@ def with_overrides(config: Config, overrides: Mapping[str, object]) -> Config:
     for key, value in overrides.items():
         _set(values, key, value)
     same_file = values["auth"]["secret_file"] == config.auth.secret_file
-    return _build(values, config.auth.secret if same_file else None)
+    same_relay_file = values["relay"]["secret_file"] == config.relay.secret_file
+    return _build(
+        values, config.auth.secret if same_file else None, config.relay.secret if same_relay_file else None
+    )
 
 
 def derive_connection_caps(limits: LimitsConfig, nofile: int) -> tuple[int, int]:
@@ -201,7 +220,13 @@ def raise_nofile_limit() -> int:
 # Reading the layers
 
 _Values = dict[str, dict[str, Any]]
-_SECTIONS = {"server": ServerConfig, "limits": LimitsConfig, "auth": AuthConfig, "metrics": MetricsConfig}
+_SECTIONS = {
+    "server": ServerConfig,
+    "limits": LimitsConfig,
+    "auth": AuthConfig,
+    "metrics": MetricsConfig,
+    "relay": RelayConfig,
+}
 _HINTS: dict[str, dict[str, Any]] = {name: get_type_hints(cls) for name, cls in _SECTIONS.items()}
 _ENV_KEYS = {
     f"{_ENV_PREFIX}{section}_{name}".upper(): f"{section}.{name}" for section, hints in _HINTS.items() for name in hints
@@ -221,6 +246,7 @@ _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0"
 def _values(config: Config) -> _Values:
     values = {name: asdict(getattr(config, name)) for name in _SECTIONS}
     del values["auth"]["secret"]
+    del values["relay"]["secret"]
     return values
 
 
@@ -240,6 +266,8 @@ def _lookup(key: str) -> tuple[str, str, Any]:
     hints = _section(section)
     if key == "auth.secret":
         raise ConfigError(key, f"not accepted in configuration: use auth.secret_file or {SECRET_ENV}")
+    if key == "relay.secret":
+        raise ConfigError(key, f"not accepted in configuration: use relay.secret_file or {RELAY_SECRET_ENV}")
     if name not in hints:
         raise ConfigError(key, "unknown key" + _suggest(name, hints))
     return section, name, hints[name]
@@ -365,7 +393,10 @@ _RULES: dict[str, _Rule] = {
     "server.backlog": _at_least(1),
     "server.accept_batch": _at_least(1),
     "server.loop": _one_of("uvloop", "asyncio"),
-    "server.app": (lambda app: app == "echo" or _is_hook(app), 'must be "echo" or "module:function"'),
+    "server.app": (
+        lambda app: app in ("echo", "relay") or _is_hook(app),
+        'must be "echo", "relay" or "module:function"',
+    ),
     "server.log_level": _one_of("debug", "info", "warning", "error"),
     "limits.handshake_timeout": _POSITIVE,
     "limits.auth_timeout": _POSITIVE,
@@ -398,6 +429,12 @@ _RULES: dict[str, _Rule] = {
     "auth.verifier": _HOOK,
     "metrics.host": _NOT_EMPTY,
     "metrics.port": _between(0, 65535),
+    "relay.upstream": (
+        lambda url: re.fullmatch(r"wss?://[^/?#\s]+(/[^#\s]*)?", url) is not None,
+        "must be a ws:// or wss:// URL with a host",
+    ),
+    "relay.secret_file": _NOT_EMPTY,
+    "relay.connect_timeout": _POSITIVE,
 }
 
 _HMAC = ("HS256", "HS384", "HS512")
@@ -408,7 +445,7 @@ _ORIGIN = re.compile(r"(https?)://([a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _build(values: _Values, secret: str | None) -> Config:
+def _build(values: _Values, secret: str | None, relay_secret: str | None = None) -> Config:
     for key, (ok, requirement) in _RULES.items():
         section, _, name = key.partition(".")
         value = values[section][name]
@@ -421,11 +458,13 @@ def _build(values: _Values, secret: str | None) -> Config:
     _check_public_key(auth["algorithms"], auth["public_key_file"])
     if secret is None and auth["secret_file"] is not None:
         secret = _read_secret(auth["secret_file"])
+    relay_secret = _check_relay(server["app"], values["relay"], relay_secret, secret)
     return Config(
         server=ServerConfig(**server),
         limits=LimitsConfig(**limits),
         auth=AuthConfig(**auth, secret=secret),
         metrics=MetricsConfig(**values["metrics"]),
+        relay=RelayConfig(**values["relay"], secret=relay_secret),
     )
 
 
@@ -479,8 +518,22 @@ def _check_public_key(algorithms: tuple[str, ...], path: str | None) -> None:
         _read(key, path)
 
 
-def _read_secret(path: str) -> str:
-    key = "auth.secret_file"
+def _check_relay(app: str, relay: dict[str, Any], secret: str | None, token_secret: str | None) -> str | None:
+    """The relay secret, read from its file if need be; the relay app cannot start without it or an upstream."""
+    if secret is None and relay["secret_file"] is not None:
+        secret = _read_secret(relay["secret_file"], "relay.secret_file")
+    if secret is not None and secret == token_secret:
+        # The upstream holds the relay secret: with the token secret it could mint client tokens.
+        raise ConfigError("relay.secret", "must differ from the token secret (auth.secret)")
+    if app == "relay":
+        if relay["upstream"] is None:
+            raise ConfigError("relay.upstream", 'required by server.app = "relay" (--upstream ws://HOST:PORT/PATH)')
+        if secret is None:
+            raise ConfigError("relay.secret", f"required by the relay app: set {RELAY_SECRET_ENV} or relay.secret_file")
+    return secret
+
+
+def _read_secret(path: str, key: str = "auth.secret_file") -> str:
     try:
         secret = _read(key, path).decode().rstrip()
     except UnicodeDecodeError:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .admin import AdminServer
-from .apps import load_app
+from .apps import App, load_app
 from .config import Config, derive_connection_caps, raise_nofile_limit
 from .metrics import Metrics
+from .relay import Relay
 from .server import Server, Verifier
 from .tokens import HookVerifier, ReplayCache, TokenVerifier, load_hook
 
@@ -40,11 +41,25 @@ def build_verifier(config: Config, secret: str | None = None) -> Verifier:
     )
 
 
+def build_app(config: Config) -> App:
+    if config.server.app != "relay":
+        return load_app(config.server.app)
+    relay = config.relay
+    assert relay.upstream is not None and relay.secret is not None  # config checks both for the relay app
+    return Relay(
+        relay.upstream,
+        relay.secret,
+        connect_timeout=relay.connect_timeout,
+        max_message_bytes=config.limits.max_message_bytes,
+        close_timeout=config.limits.close_timeout,
+    )
+
+
 def build_server(config: Config, *, secret: str | None = None, nofile: int, metrics: Metrics | None = None) -> Server:
     pending_total, connections_total = derive_connection_caps(config.limits, nofile)
     return Server(
         config,
-        app=load_app(config.server.app),
+        app=build_app(config),
         verifier=build_verifier(config, secret),
         max_pending_total=pending_total,
         max_connections_total=connections_total,

@@ -94,6 +94,12 @@ class Session:
             self._done = self._loop.create_future()
         await asyncio.shield(self._done)
 
+    async def wait_closed(self) -> tuple[int, str]:
+        """Wait until the connection is gone; its close code and reason (1006 if it was lost)."""
+        await asyncio.shield(self._done)
+        assert self._closed is not None
+        return self._closed.code, self._closed.reason
+
     def __aiter__(self) -> Session:
         return self
 
