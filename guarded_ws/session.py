@@ -96,7 +96,10 @@ class Session:
 
     async def wait_closed(self) -> tuple[int, str]:
         """Wait until the connection is gone; its close code and reason (1006 if it was lost)."""
-        await asyncio.shield(self._done)
+        if self._closed is None:
+            if self._done is None:
+                self._done = self._loop.create_future()
+            await asyncio.shield(self._done)
         assert self._closed is not None
         return self._closed.code, self._closed.reason
 
