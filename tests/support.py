@@ -97,6 +97,15 @@ def upgraded(port: int, src: str = "127.0.0.1", path: str = "/ws", timeout: floa
     return sock
 
 
+def authenticated_raw(port: int, src: str, sub: str = "alice") -> socket.socket:
+    """A raw socket past authentication: for clients that misbehave after it (never read, never pong)."""
+    sock = tcp(port, src)
+    sock.sendall(upgrade_request() + frame(Opcode.TEXT, token(sub).encode()))
+    assert status_of(read_response_head(sock)) == 101
+    assert read_frame(sock) == (Opcode.TEXT, json.dumps({"type": "authenticated", "subject": sub}).encode())
+    return sock
+
+
 def frame(opcode: Opcode, payload: bytes, fin: bool = True) -> bytes:
     return Frame(opcode, payload, fin).serialize(mask=True, extensions=[])
 

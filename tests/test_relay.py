@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import select
 import socket
 import threading
@@ -22,19 +21,7 @@ from websockets.http11 import Request, Response
 
 from guarded_ws.identity import IdentityError, VerifiedIdentity, sign_identity, verify_identity
 from guarded_ws.session import INBOX_HIGH
-from support import (
-    frame,
-    open_legit,
-    read_close,
-    read_frame,
-    read_response_head,
-    source,
-    status_of,
-    tcp,
-    token,
-    upgrade_request,
-    wait_for,
-)
+from support import authenticated_raw, frame, open_legit, read_close, source, wait_for
 
 RELAY_SECRET = "relay-secret-shared-with-the-upstream-only"
 READ_SIZE = 256 * 1024  # the most one read of the event loop hands to data_received
@@ -126,14 +113,6 @@ def relay(serve, tmp_path: Path):
     return start
 
 
-def _authenticated_raw(port: int, src: str, sub: str = "alice") -> socket.socket:
-    sock = tcp(port, src)
-    sock.sendall(upgrade_request() + frame(Opcode.TEXT, token(sub).encode()))
-    assert status_of(read_response_head(sock)) == 101
-    assert read_frame(sock) == (Opcode.TEXT, json.dumps({"type": "authenticated", "subject": sub}).encode())
-    return sock
-
-
 def test_messages_go_both_ways_and_the_upstream_gets_a_verifiable_identity(relay, upstreams):
     upstream = upstreams(echo)
     server = relay(upstream.url)
@@ -186,7 +165,7 @@ def test_a_slow_upstream_pauses_the_client_instead_of_buffering(relay, upstreams
 
     upstream = upstreams(slow)
     server = relay(upstream.url)
-    sock = _authenticated_raw(server.port, source(2))
+    sock = authenticated_raw(server.port, source(2))
     try:
         _flood_then_release(server, sock, release, received)
     finally:
@@ -238,7 +217,7 @@ def test_upstream_down_at_connect_closes_the_client_with_1013(relay):
         probe.bind(("127.0.0.1", 0))
         url = f"ws://127.0.0.1:{probe.getsockname()[1]}/app"
     server = relay(url)
-    sock = _authenticated_raw(server.port, source(2))
+    sock = authenticated_raw(server.port, source(2))
     assert read_close(sock) == 1013
     sock.close()
 
@@ -257,7 +236,7 @@ def test_when_the_upstream_leaves_the_client_gets_a_meaningful_code(relay, upstr
 
     upstream = upstreams(leaves)
     server = relay(upstream.url)
-    sock = _authenticated_raw(server.port, source(2))
+    sock = authenticated_raw(server.port, source(2))
     sock.sendall(frame(Opcode.TEXT, b"bye"))
     assert read_close(sock) == code
     sock.close()
@@ -268,7 +247,7 @@ def test_when_the_upstream_leaves_the_client_gets_a_meaningful_code(relay, upstr
 def test_when_the_client_leaves_the_upstream_sees_a_close(relay, upstreams, leaving, code):
     upstream = upstreams(echo)
     server = relay(upstream.url)
-    sock = _authenticated_raw(server.port, source(2))
+    sock = authenticated_raw(server.port, source(2))
     upstream.wait(lambda: len(upstream.identities) == 1)
     if leaving == "drop":
         sock.close()  # no close frame: the connection is just gone

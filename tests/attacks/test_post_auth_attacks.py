@@ -10,32 +10,20 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
 from support import (
+    authenticated_raw,
     frame,
     legit,
     open_legit,
     read_close,
     read_frame,
-    read_response_head,
     source,
-    status_of,
-    tcp,
-    token,
-    upgrade_request,
     wait_for,
 )
 
 
-def _authenticated_raw(port: int, src: str, sub: str = "alice"):
-    sock = tcp(port, src)
-    sock.sendall(upgrade_request() + frame(Opcode.TEXT, token(sub).encode()))
-    assert status_of(read_response_head(sock)) == 101
-    assert read_frame(sock) == (Opcode.TEXT, json.dumps({"type": "authenticated", "subject": sub}).encode())
-    return sock
-
-
 def test_a_peer_that_never_reads_is_dropped_after_the_write_stall_timeout(serve):
     server = serve(server__app="sample_apps:firehose", limits__write_stall_timeout=1.0)
-    sink = _authenticated_raw(server.port, source(2))  # never read again
+    sink = authenticated_raw(server.port, source(2))  # never read again
     wait_for(lambda: server.call(lambda: len(server.server.stalled)) == 1, what="the writer to stall")
     started = time.monotonic()
     buffered = server.call(lambda: [c.transport.get_write_buffer_size() for c in server.server.authenticated])
@@ -49,7 +37,7 @@ def test_a_peer_that_never_reads_is_dropped_after_the_write_stall_timeout(serve)
 
 def test_a_peer_that_ignores_pings_is_closed(serve):
     server = serve(limits__ping_interval=0.5, limits__ping_timeout=0.5)
-    silent = _authenticated_raw(server.port, source(2))  # a raw socket never answers pings
+    silent = authenticated_raw(server.port, source(2))  # a raw socket never answers pings
     started = time.monotonic()
     assert read_close(silent) == 1011
     assert time.monotonic() - started < 3.0
@@ -72,14 +60,14 @@ def test_message_over_max_message_bytes_closes_with_1009(serve):
 
 def test_fragmented_messages_are_reassembled_after_auth(serve):
     server = serve()
-    sock = _authenticated_raw(server.port, source(2))
+    sock = authenticated_raw(server.port, source(2))
     sock.sendall(frame(Opcode.TEXT, b"hel", fin=False) + frame(Opcode.CONT, b"lo ", fin=False) + frame(Opcode.CONT, b"world"))
     assert read_frame(sock) == (Opcode.TEXT, b"hello world")
 
 
 def test_invalid_utf8_after_auth_closes_with_1007(serve):
     server = serve()
-    sock = _authenticated_raw(server.port, source(2))
+    sock = authenticated_raw(server.port, source(2))
     sock.sendall(frame(Opcode.TEXT, b"\xff\xfe"))
     assert read_close(sock) == 1007
 
