@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 PROMTOOL := /usr/bin/promtool
+REDIS    := /usr/bin/redis-server
 
 .PHONY: run test clean
 
@@ -23,7 +24,11 @@ run: $(STAMP)
 $(PROMTOOL):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 
-test: $(STAMP) $(PROMTOOL)
+# The replay store's tests start their own redis-server on loopback (Debian's package).
+$(REDIS):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
+test: $(STAMP) $(PROMTOOL) $(REDIS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

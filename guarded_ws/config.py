@@ -16,6 +16,7 @@ or in a process's argv. It comes from ``GUARDED_WS_SECRET``, else from the conte
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 import re
@@ -98,6 +99,8 @@ class AuthConfig:
     leeway: float = 5.0
     single_use: bool = False
     replay_cache_size: int = 100000
+    replay_store: str | None = None  # "redis://HOST:PORT/DB": single-use consumed cluster-wide
+    replay_store_timeout: float = 1.0
     verifier: str | None = None  # "module:function"
     # From GUARDED_WS_SECRET or secret_file, never from a layer; kept out of repr() and so out of logs.
     secret: str | None = field(default=None, repr=False)
@@ -426,6 +429,12 @@ _RULES: dict[str, _Rule] = {
     "auth.max_token_lifetime": _POSITIVE,
     "auth.leeway": (lambda value: value >= 0, "must be >= 0"),
     "auth.replay_cache_size": _at_least(1),
+    "auth.replay_store": (
+        lambda url: re.match(r"(redis|rediss|unix)://", url) is not None
+        and importlib.util.find_spec("redis") is not None,
+        'must be a redis://, rediss:// or unix:// URL, with redis-py installed (pip install "guarded-ws[redis]")',
+    ),
+    "auth.replay_store_timeout": _POSITIVE,
     "auth.verifier": _HOOK,
     "metrics.host": _NOT_EMPTY,
     "metrics.port": _between(0, 65535),

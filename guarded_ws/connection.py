@@ -32,7 +32,8 @@ from websockets.server import ServerProtocol
 from .codes import Close, http_refusal
 from .deadlines import Timed
 from .session import ConnectionClosed, Message, Session
-from .tokens import AuthError
+from .replay_store import ReplayStoreUnavailable
+from .tokens import AuthError, Identity
 
 if TYPE_CHECKING:
     from .server import Server
@@ -97,6 +98,7 @@ class Connection(asyncio.Protocol, Timed):
         "pending",
         "_fragments",
         "_fragment_op",
+        "_held",
     )
 
     def __init__(self, server: Server, source: object, host: str, now: float) -> None:
@@ -116,6 +118,7 @@ class Connection(asyncio.Protocol, Timed):
         self.pending = True  # counted by admission until the server's leave_pending()
         self._fragments: bytearray | None = None
         self._fragment_op = _TEXT
+        self._held: list[Frame] | None = None  # frames behind a credential the replay store is checking
 
     def __call__(self) -> Connection:
         """Be our own protocol factory: no closure per accepted socket."""
@@ -270,6 +273,9 @@ class Connection(asyncio.Protocol, Timed):
     def _on_credential_frame(self, frame: Frame) -> None:
         if self.ws.state is not WS_OPEN:  # type: ignore[union-attr]
             return  # the peer's close frame came in the same read: it is leaving
+        if self._held is not None:  # the credential is being checked: what follows is the app's
+            self._held.append(frame)
+            return
         op = frame.opcode
         if len(frame.data) > self.server.max_preauth_bytes:
             self.server.count_auth(self.server.verifier.method, "too_large")
@@ -304,6 +310,60 @@ class Connection(asyncio.Protocol, Timed):
             server.log_auth_failure(self, result, str(exc) if isinstance(exc, AuthError) else "not UTF-8")
             self.fail(Close.INVALID_CREDENTIAL, "expired credential" if result == "expired" else "invalid credential")
             return
+        if identity.single_use is not None:
+            self._check_single_use(identity)
+        else:
+            self._admit(identity)
+
+    def _check_single_use(self, identity: Identity) -> None:
+        """Consume the credential in the shared replay store: a round trip, so reading pauses meanwhile.
+
+        The connection stays pending (its auth deadline still runs); frames that came behind
+        the credential in the same read wait in ``_held`` and go to the app once admitted.
+        """
+        self._held = []
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.server._spawn(self._consume(identity))
+
+    async def _consume(self, identity: Identity) -> None:
+        server = self.server
+        assert identity.single_use is not None and server.replay_store is not None
+        key, until = identity.single_use
+        try:
+            fresh: bool | None = await server.replay_store.consume(key, until, server.wallclock())
+        except ReplayStoreUnavailable:
+            fresh = None
+        held, self._held = self._held or [], None
+        try:
+            # Not so if it expired, was evicted or left while the store answered.
+            if self.phase is _AUTH and self.ws.state is WS_OPEN:  # type: ignore[union-attr]
+                self._on_consumed(identity, fresh, held)
+        except Exception:
+            server.events.log(logging.ERROR, "internal_error", "internal error; connection dropped", exc_info=True)
+            self.abort()
+        transport = self.transport
+        if not self.reading_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _on_consumed(self, identity: Identity, fresh: bool | None, held: list[Frame]) -> None:
+        server = self.server
+        method = server.verifier.method
+        if fresh is None:
+            server.count_auth(method, "unavailable")
+            server.log_auth_failure(self, "unavailable", "replay store unavailable")
+            self.fail(Close.TRY_AGAIN_LATER, "try again later")
+        elif not fresh:
+            server.count_auth(method, "replayed")
+            server.log_auth_failure(self, "replayed", "jti already used")
+            self.fail(Close.INVALID_CREDENTIAL, "invalid credential")
+        else:
+            self._admit(identity)
+            self._on_frames(held)  # type: ignore[arg-type]
+            self._flush()
+
+    def _admit(self, identity: Identity) -> None:
+        server = self.server
+        verifier = server.verifier
         now = server.clock()
         server.leave_pending(self)
         refusal = server.authenticated_cap(self.source, identity.subject)

@@ -13,6 +13,7 @@ from .apps import App, load_app
 from .config import Config, derive_connection_caps, raise_nofile_limit
 from .metrics import Metrics
 from .relay import Relay
+from .replay_store import RedisReplayStore
 from .server import Server, Verifier
 from .tokens import HookVerifier, ReplayCache, TokenVerifier, load_hook
 
@@ -37,7 +38,8 @@ def build_verifier(config: Config, secret: str | None = None) -> Verifier:
         issuer=auth.issuer,
         max_lifetime=auth.max_token_lifetime,
         leeway=auth.leeway,
-        replay_cache=ReplayCache(auth.replay_cache_size) if auth.single_use else None,
+        replay_cache=ReplayCache(auth.replay_cache_size) if auth.single_use and auth.replay_store is None else None,
+        shared_single_use=auth.single_use and auth.replay_store is not None,
     )
 
 
@@ -64,6 +66,11 @@ def build_server(config: Config, *, secret: str | None = None, nofile: int, metr
         max_pending_total=pending_total,
         max_connections_total=connections_total,
         metrics=metrics,
+        replay_store=(
+            RedisReplayStore(config.auth.replay_store, timeout=config.auth.replay_store_timeout)
+            if config.auth.replay_store is not None
+            else None
+        ),
     )
 
 
@@ -78,6 +85,8 @@ class Running:
         await self.server.shutdown()
         if self.admin is not None:
             await self.admin.close()
+        if self.server.replay_store is not None:
+            await self.server.replay_store.close()
 
 
 async def start(config: Config, *, secret: str | None = None, nofile: int | None = None) -> Running:

@@ -25,6 +25,7 @@ from .deadlines import DeadlineQueue, next_sweep
 from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
 from .rate import AcceptRate
+from .replay_store import SharedReplayStore
 from .session import ConnectionClosed, Session
 from .tokens import HookVerifier, TokenVerifier
 
@@ -51,6 +52,7 @@ class Server:
         max_pending_total: int,
         max_connections_total: int,
         metrics: Metrics | None = None,
+        replay_store: SharedReplayStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -58,6 +60,7 @@ class Server:
         self.config = config
         self.app = app
         self.verifier = verifier
+        self.replay_store = replay_store  # single-use credentials consumed cluster-wide, if configured
         self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
         self.wallclock = wallclock

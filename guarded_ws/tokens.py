@@ -22,7 +22,17 @@ from jwt.algorithms import AllowedPrivateKeys, HMACAlgorithm, get_default_algori
 
 from .plugins import import_object
 
-RESULTS: tuple[str, ...] = ("ok", "invalid", "expired", "not_yet_valid", "replayed", "timeout", "too_large", "protocol")
+RESULTS: tuple[str, ...] = (
+    "ok",
+    "invalid",
+    "expired",
+    "not_yet_valid",
+    "replayed",
+    "timeout",
+    "too_large",
+    "protocol",
+    "unavailable",  # the shared replay store did not answer (fail closed)
+)
 
 
 
@@ -41,6 +51,8 @@ class Identity:
     subject: str
     claims: Mapping[str, Any]
     expires_at: float
+    # (key, remember until) still to consume in the shared replay store before admitting, if any.
+    single_use: tuple[str, float] | None = None
 
 
 class ReplayCache:
@@ -94,7 +106,9 @@ class TokenVerifier:
         max_lifetime: float = 86400.0,
         leeway: float = 5.0,
         replay_cache: ReplayCache | None = None,
+        shared_single_use: bool = False,
     ) -> None:
+        """``shared_single_use``: jtis are required, and consumed by the caller in a shared store."""
         if isinstance(algorithms, str) or not algorithms:
             raise ValueError("algorithms: expected a non-empty list of algorithm names")
         if not max_lifetime > 0 or not leeway >= 0:
@@ -107,6 +121,7 @@ class TokenVerifier:
         self.max_lifetime = max_lifetime
         self.leeway = leeway
         self.replay_cache = replay_cache
+        self.shared_single_use = shared_single_use
 
     def verify(self, token: str, now: float) -> Identity:
         # A compact JWS is ASCII; checking first keeps odd text (lone surrogates) out of PyJWT.
@@ -133,12 +148,14 @@ class TokenVerifier:
             raise AuthError("expired", "token expired")
         if nbf is not None and nbf - leeway > now:
             raise AuthError("not_yet_valid", "token not valid yet (nbf)")
-        if self.replay_cache is not None:
+        if self.replay_cache is not None or self.shared_single_use:
             # Last, so that a token rejected for any other reason never burns its jti.
             jti = claims.get("jti")
             if not isinstance(jti, str) or not jti:
                 raise AuthError("invalid", "missing jti (single-use tokens are required)")
             # Remembered until the token stops being accepted, leeway included.
+            if self.replay_cache is None:
+                return Identity(subject, MappingProxyType(claims), exp, ("jti:" + jti, exp + leeway))
             if not self.replay_cache.consume(jti, exp + leeway, now):
                 raise AuthError("replayed", "jti already used (or replay cache full)")
         return Identity(subject, MappingProxyType(claims), exp)

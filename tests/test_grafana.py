@@ -39,7 +39,8 @@ REJECT_REASONS = (
 )  # fmt: skip
 PHASES = ("handshake", "auth")
 AUTH_METHODS = ("token", "hook")
-AUTH_RESULTS = ("ok", "invalid", "expired", "not_yet_valid", "replayed", "timeout", "too_large", "protocol")
+AUTH_RESULTS = ("ok", "invalid", "expired", "not_yet_valid", "replayed", "timeout", "too_large", "protocol",
+                "unavailable")  # fmt: skip
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
 LIMIT_NAMES = ("max_pending_total", "max_pending_per_source", "max_connections_total", "handshake_timeout",
                "auth_timeout")  # fmt: skip
