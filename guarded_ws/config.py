@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, get_type_hints
 
+from .certs import SUBJECT_FIELDS, normalize_fingerprint
+
 SECRET_ENV = "GUARDED_WS_SECRET"
 RELAY_SECRET_ENV = "GUARDED_WS_RELAY_SECRET"
 _ENV_PREFIX = "GUARDED_WS_"
@@ -125,12 +127,29 @@ class RelayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: str | None = None  # PEM chain; set: the port speaks wss:// only
+    key_file: str | None = None  # None: the key is in cert_file
+    min_version: str = "TLSv1.2"
+    client_auth: str = "none"  # or "optional", "required"
+    client_ca_file: str | None = None  # trust anchors: CAs and/or the known client certificates
+    client_cert_fingerprints: tuple[str, ...] = ()  # SHA-256 pins, on top of client_ca_file
+    crl_file: str | None = None
+    client_subject: str = "cn"  # or "san_dns", "san_email", "san_uri"
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
     def needs_dev_secret(self) -> bool:
@@ -229,6 +248,7 @@ _SECTIONS = {
     "auth": AuthConfig,
     "metrics": MetricsConfig,
     "relay": RelayConfig,
+    "tls": TlsConfig,
 }
 _HINTS: dict[str, dict[str, Any]] = {name: get_type_hints(cls) for name, cls in _SECTIONS.items()}
 _ENV_KEYS = {
@@ -444,6 +464,13 @@ _RULES: dict[str, _Rule] = {
     ),
     "relay.secret_file": _NOT_EMPTY,
     "relay.connect_timeout": _POSITIVE,
+    "tls.cert_file": _NOT_EMPTY,
+    "tls.key_file": _NOT_EMPTY,
+    "tls.min_version": _one_of("TLSv1.2", "TLSv1.3"),
+    "tls.client_auth": _one_of("none", "optional", "required"),
+    "tls.client_ca_file": _NOT_EMPTY,
+    "tls.crl_file": _NOT_EMPTY,
+    "tls.client_subject": _one_of(*SUBJECT_FIELDS),
 }
 
 _HMAC = ("HS256", "HS384", "HS512")
@@ -465,6 +492,7 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
     _check_caps(limits)
     _check_algorithms(auth["algorithms"])
     _check_public_key(auth["algorithms"], auth["public_key_file"])
+    _check_tls(values["tls"])
     if secret is None and auth["secret_file"] is not None:
         secret = _read_secret(auth["secret_file"])
     relay_secret = _check_relay(server["app"], values["relay"], relay_secret, secret)
@@ -474,6 +502,7 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
         auth=AuthConfig(**auth, secret=secret),
         metrics=MetricsConfig(**values["metrics"]),
         relay=RelayConfig(**values["relay"], secret=relay_secret),
+        tls=TlsConfig(**values["tls"]),
     )
 
 
@@ -540,6 +569,37 @@ def _check_relay(app: str, relay: dict[str, Any], secret: str | None, token_secr
         if secret is None:
             raise ConfigError("relay.secret", f"required by the relay app: set {RELAY_SECRET_ENV} or relay.secret_file")
     return secret
+
+
+def _check_tls(tls: dict[str, Any]) -> None:
+    """Client-certificate keys only mean something together; the files themselves are read by tls.py."""
+    if tls["cert_file"] is None:
+        for key in ("key_file", "client_ca_file", "crl_file"):
+            if tls[key] is not None:
+                raise ConfigError(f"tls.{key}", "needs tls.cert_file (TLS is off without it)")
+        if tls["client_auth"] != "none" or tls["client_cert_fingerprints"]:
+            raise ConfigError("tls.client_auth", "client certificates need TLS: set tls.cert_file")
+        return
+    if tls["client_auth"] == "none":
+        for key in ("client_ca_file", "crl_file"):
+            if tls[key] is not None:
+                raise ConfigError(f"tls.{key}", 'unused while tls.client_auth = "none"')
+        if tls["client_cert_fingerprints"]:
+            raise ConfigError("tls.client_cert_fingerprints", 'unused while tls.client_auth = "none"')
+    elif tls["client_ca_file"] is None:
+        # No verify callback in Python's ssl: a certificate is only requested if it can be verified.
+        raise ConfigError(
+            "tls.client_ca_file",
+            f'required by client_auth = "{tls["client_auth"]}": the CA certificates, or the known client '
+            "certificates themselves (pins alone cannot be checked during the handshake)",
+        )
+    pins = []
+    for entry in tls["client_cert_fingerprints"]:
+        try:
+            pins.append(normalize_fingerprint(entry))
+        except ValueError as exc:
+            raise ConfigError("tls.client_cert_fingerprints", f"{exc} (got {entry!r})") from None
+    tls["client_cert_fingerprints"] = tuple(pins)
 
 
 def _read_secret(path: str, key: str = "auth.secret_file") -> str:

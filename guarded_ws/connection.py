@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from enum import IntEnum
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from websockets.protocol import OPEN as WS_OPEN
 from websockets.protocol import Event, State
 from websockets.server import ServerProtocol
 
+from .certs import CertificateRefused
 from .codes import Close, http_refusal
 from .deadlines import Timed
 from .session import ConnectionClosed, Message, Session
@@ -96,6 +98,8 @@ class Connection(asyncio.Protocol, Timed):
         "reading_paused",
         "session",
         "pending",
+        "tls_sock",
+        "certificate",
         "_fragments",
         "_fragment_op",
         "_held",
@@ -116,6 +120,8 @@ class Connection(asyncio.Protocol, Timed):
         self.reading_paused = False
         self.session: Session | None = None
         self.pending = True  # counted by admission until the server's leave_pending()
+        self.tls_sock: socket.socket | None = None  # the raw socket while the TLS handshake runs
+        self.certificate: Identity | None = None  # a verified client certificate: authenticates at the upgrade
         self._fragments: bytearray | None = None
         self._fragment_op = _TEXT
         self._held: list[Frame] | None = None  # frames behind a credential the replay store is checking
@@ -128,6 +134,11 @@ class Connection(asyncio.Protocol, Timed):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        if self.tls_sock is not None:
+            self.tls_sock = None
+            if self.phase is _HANDSHAKE:
+                self._on_tls_established()
+                return
         if self.phase >= _CLOSING:  # evicted, or shut down, before the transport existed
             transport.write(self.server.unavailable)
             transport.close()
@@ -171,6 +182,7 @@ class Connection(asyncio.Protocol, Timed):
         server = self.server
         server.leave_pending(self)
         self.phase = _CLOSED
+        self.tls_sock = None
         if self.queue is not None:
             self.queue.discard(self)
         if self.ws is not None:
@@ -196,6 +208,14 @@ class Connection(asyncio.Protocol, Timed):
 
     # Pre-auth
 
+    def _on_tls_established(self) -> None:
+        server = self.server
+        try:
+            self.certificate = server.tls.identify(self.transport, server.wallclock())  # type: ignore[union-attr]
+        except CertificateRefused as exc:
+            server.tls_failed(self, exc.reason)
+            self._close_transport()
+
     def _on_handshake_data(self, data: bytes) -> None:
         server = self.server
         ws = self.ws
@@ -219,6 +239,9 @@ class Connection(asyncio.Protocol, Timed):
                 self.ws.receive_data(rest)  # type: ignore[union-attr]
                 self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
                 self._check_preauth_budget()
+            elif rest and self.phase is _OPEN:  # authenticated by its certificate at the upgrade
+                self.ws.receive_data(rest)  # type: ignore[union-attr]
+                self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
         elif ws.handshake_exc is not None:
             if isinstance(ws.handshake_exc, SecurityError):
                 server.count_refusal("headers_too_large")  # websockets wrote its 414 or 431
@@ -240,6 +263,11 @@ class Connection(asyncio.Protocol, Timed):
             if origins and (len(origins) > 1 or origins[0] not in server.allowed_origins):
                 self._reject(HTTPStatus.FORBIDDEN, "origin")
                 return
+        elif self.certificate is not None and "Origin" in request.headers:
+            # Browsers present client certificates by themselves, to pages of any site: cross-site
+            # hijacking, unless the page's Origin is one the operator approved.
+            self._reject(HTTPStatus.FORBIDDEN, "origin")
+            return
         response = ws.accept(request)
         if response.status_code != 101:
             server.count_refusal("not_websocket" if response.status_code == 426 else "malformed")
@@ -258,6 +286,8 @@ class Connection(asyncio.Protocol, Timed):
         self.upgraded_at = now
         self.received = 0
         server.upgraded(self, now)
+        if self.certificate is not None:
+            self._admit(self.certificate, "certificate")
 
     def _on_frames(self, frames: list[Event]) -> None:
         for frame in frames:
@@ -313,7 +343,7 @@ class Connection(asyncio.Protocol, Timed):
         if identity.single_use is not None:
             self._check_single_use(identity)
         else:
-            self._admit(identity)
+            self._admit(identity, verifier.method)
 
     def _check_single_use(self, identity: Identity) -> None:
         """Consume the credential in the shared replay store: a round trip, so reading pauses meanwhile.
@@ -357,13 +387,13 @@ class Connection(asyncio.Protocol, Timed):
             server.log_auth_failure(self, "replayed", "jti already used")
             self.fail(Close.INVALID_CREDENTIAL, "invalid credential")
         else:
-            self._admit(identity)
+            self._admit(identity, method)
             self._on_frames(held)  # type: ignore[arg-type]
             self._flush()
 
-    def _admit(self, identity: Identity) -> None:
+    def _admit(self, identity: Identity, method: str) -> None:
+        """A verified credential: open the session, unless a cap on authenticated connections is full."""
         server = self.server
-        verifier = server.verifier
         now = server.clock()
         server.leave_pending(self)
         refusal = server.authenticated_cap(self.source, identity.subject)
@@ -375,10 +405,10 @@ class Connection(asyncio.Protocol, Timed):
         assert ws is not None
         self.phase = _OPEN
         ws.send_text(json.dumps({"type": "authenticated", "subject": identity.subject}).encode())
-        server.count_auth(verifier.method, "ok")
-        server.metrics.auth_duration[verifier.method].observe(now - self.upgraded_at)
+        server.count_auth(method, "ok")
+        server.metrics.auth_duration[method].observe(now - self.upgraded_at)
         self.session = Session(self, identity.subject, identity.claims, self.host, server.loop)  # type: ignore[arg-type]
-        server.start_session(self, now)
+        server.start_session(self, now, identity.expires_at)
 
     # Authenticated
 
@@ -508,6 +538,13 @@ class Connection(asyncio.Protocol, Timed):
             server.closing.push(self, server.clock())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+        elif self.tls_sock is not None:
+            # Mid-handshake there is no transport yet: ending the socket fails the handshake, and
+            # the server's _attach cleans up. shutdown(), not close(): the loop still polls the fd.
+            try:
+                self.tls_sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _close_status(self) -> tuple[int, str]:
         ws = self.ws

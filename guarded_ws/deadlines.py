@@ -8,13 +8,18 @@ queue compacts itself). An entry is live while its item is still in this
 queue with the deadline the entry recorded, so an item can come back to a
 queue it left. An item is in at most one queue at a time.
 
+:class:`ExpiryQueue` is for deadlines that differ per item (a credential's expiry):
+a heap, with the same lazy deletion.
+
 Pure: the caller passes the clock reading.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 
@@ -109,3 +114,55 @@ def next_sweep(queues: Iterable[DeadlineQueue[Any]], now: float, longest: float,
         if deadline is not None and deadline < soonest:
             soonest = deadline
     return max(soonest, now + shortest)
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+class ExpiryQueue(Generic[H]):
+    """Items with deadlines of their own, in a min-heap: O(log n) push, O(1) discard.
+
+    An item's current deadline lives in a dict; a heap entry whose deadline no
+    longer matches it is stale and skipped. Independent of :class:`Timed`, so an
+    item can sit here and in a :class:`DeadlineQueue` at once.
+    """
+
+    __slots__ = ("_heap", "_when", "_order")
+
+    _SLACK = 64
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, H]] = []
+        self._when: dict[H, float] = {}
+        self._order = itertools.count()  # ties never compare items
+
+    def __len__(self) -> int:
+        return len(self._when)
+
+    def __contains__(self, item: H) -> bool:
+        return item in self._when
+
+    def push(self, item: H, when: float) -> None:
+        """Set (or move) ``item``'s deadline to ``when``."""
+        self._when[item] = when
+        heapq.heappush(self._heap, (when, next(self._order), item))
+        if len(self._heap) > 2 * len(self._when) + self._SLACK:
+            self._heap = [entry for entry in self._heap if self._when.get(entry[2]) == entry[0]]
+            heapq.heapify(self._heap)
+
+    def discard(self, item: H) -> None:
+        self._when.pop(item, None)
+
+    def pop_expired(self, now: float) -> Iterator[H]:
+        """Yield (and remove) every item whose deadline is at or before ``now``."""
+        heap, when = self._heap, self._when
+        while heap:
+            deadline, _, item = heap[0]
+            if when.get(item) != deadline:
+                heapq.heappop(heap)
+                continue
+            if deadline > now:
+                return
+            heapq.heappop(heap)
+            del when[item]
+            yield item

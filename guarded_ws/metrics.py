@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import disable_created_metrics
 
 from . import __version__
+from .tls import FAILURES as TLS_FAILURES
 from .tokens import RESULTS
 
 # The `_created` series double the page for no use on a long-running server.
@@ -35,8 +36,9 @@ REJECT_REASONS = (
     "shutting_down",
 )
 PENDING_PHASES = ("handshake", "auth")
-DEADLINE_PHASES = ("handshake", "auth")
-AUTH_METHODS = ("token", "hook")
+# "credential": an authenticated connection closed (4401) when its token or certificate expired.
+DEADLINE_PHASES = ("tls", "handshake", "auth", "credential")
+AUTH_METHODS = ("token", "hook", "certificate")
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
 
 # From loopback latencies (~1 ms) up to the longest default deadline and beyond.
@@ -86,7 +88,7 @@ class Metrics:
         }
         expired = Counter(
             PREFIX + "deadline_expired_total",
-            "Pending connections closed because their phase deadline passed.",
+            "Connections closed because a deadline passed: a pending phase's, or their credential's expiry.",
             ["phase"],
             registry=r,
         )
@@ -119,6 +121,13 @@ class Metrics:
             PREFIX + "accept_errors_total", "accept() failures, by errno.", ["errno"], registry=r
         )
         self.accept_errors = {name: errors.labels(name) for name in ACCEPT_ERRNOS}
+        tls_failures = Counter(
+            PREFIX + "tls_handshake_failures_total",
+            "TLS handshakes that failed, or client certificates refused after one, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.tls_failures = {reason: tls_failures.labels(reason) for reason in TLS_FAILURES}
 
     def set_limits(self, limits: Mapping[str, float]) -> None:
         for name, value in limits.items():

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from .admin import AdminServer
 from .apps import App, load_app
-from .config import Config, derive_connection_caps, raise_nofile_limit
+from .config import Config, ConfigError, derive_connection_caps, raise_nofile_limit
 from .metrics import Metrics
 from .relay import Relay
 from .replay_store import RedisReplayStore
 from .server import Server, Verifier
+from .tls import ServerTLS
 from .tokens import HookVerifier, ReplayCache, TokenVerifier, load_hook
 
 log = logging.getLogger("guarded_ws")
@@ -71,6 +72,7 @@ def build_server(config: Config, *, secret: str | None = None, nofile: int, metr
             if config.auth.replay_store is not None
             else None
         ),
+        tls=ServerTLS(config.tls, config.limits.handshake_timeout) if config.tls.enabled else None,
     )
 
 
@@ -96,8 +98,9 @@ async def start(config: Config, *, secret: str | None = None, nofile: int | None
     if config.metrics.enabled:
         admin = AdminServer(server.metrics.registry, ready=lambda: not server.draining)
         await admin.start(config.metrics.host, config.metrics.port)
+    scheme = "wss" if server.tls is not None else "ws"
     for host, port in server.addresses:
-        log.info("listening on ws://%s:%d%s", _bracket(host), port, config.server.path)
+        log.info("listening on %s://%s:%d%s", scheme, _bracket(host), port, config.server.path)
     if admin is not None:
         log.info("metrics on http://%s:%d/metrics", _bracket(config.metrics.host), admin.port)
     log.info(
@@ -120,10 +123,24 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, running.server)
     await stop.wait()
     log.info("shutting down: draining authenticated connections")
     await running.stop()
     log.info("stopped")
+
+
+def reload_tls(server: Server) -> None:
+    """SIGHUP: new connections get the re-read certificates; open ones keep the session they have."""
+    if server.tls is None:
+        log.info("SIGHUP: TLS is off, nothing to reload")
+        return
+    try:
+        server.tls.reload()
+    except ConfigError as exc:
+        log.error("SIGHUP: TLS reload failed, keeping the previous certificates: %s", exc)
+        return
+    log.info("SIGHUP: TLS certificates reloaded")
 
 
 def run(config: Config, *, secret: str | None = None, on_started: Callable[[Running], None] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -21,12 +22,13 @@ from .apps import App
 from .codes import Close, http_refusal
 from .config import Config
 from .connection import Connection, Phase
-from .deadlines import DeadlineQueue, next_sweep
+from .deadlines import DeadlineQueue, ExpiryQueue, next_sweep
 from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
 from .rate import AcceptRate
 from .replay_store import SharedReplayStore
 from .session import ConnectionClosed, Session
+from .tls import ServerTLS, failure_reason
 from .tokens import HookVerifier, TokenVerifier
 
 Verifier = TokenVerifier | HookVerifier
@@ -53,6 +55,7 @@ class Server:
         max_connections_total: int,
         metrics: Metrics | None = None,
         replay_store: SharedReplayStore | None = None,
+        tls: ServerTLS | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -61,6 +64,7 @@ class Server:
         self.app = app
         self.verifier = verifier
         self.replay_store = replay_store  # single-use credentials consumed cluster-wide, if configured
+        self.tls = tls
         self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
         self.wallclock = wallclock
@@ -93,6 +97,8 @@ class Server:
         self.awaiting_pong = Queue("pong", limits.ping_timeout)
         self.stalled = Queue("stalled", limits.write_stall_timeout)
         self.closing = Queue("closing", limits.close_timeout)
+        # Authenticated connections whose credential expires: closed with 4401 at that time.
+        self.expiring = ExpiryQueue[Connection]()
         self._queues = [self.handshaking, self.authenticating, self.awaiting_pong, self.stalled, self.closing]
         if self.idle is not None:
             self._queues.append(self.idle)
@@ -224,15 +230,25 @@ class Server:
                 continue
             admission.take(source)
             conn = Connection(self, source, host, now)
+            if self.tls is not None:
+                conn.tls_sock = sock  # until the handshake ends: the sweep shuts it down at the deadline
             self.handshaking.push(conn, now)
             self._spawn(self._attach(conn, sock))
         self._backoff = 0.0
 
     async def _attach(self, conn: Connection, sock: socket.socket) -> None:
         assert self.loop is not None
+        tls = self.tls
         try:
-            await self.loop.connect_accepted_socket(conn, sock)
-        except OSError:
+            if tls is None:
+                await self.loop.connect_accepted_socket(conn, sock)
+            else:
+                await self.loop.connect_accepted_socket(
+                    conn, sock, ssl=tls.context, ssl_handshake_timeout=tls.handshake_backstop
+                )
+        except Exception as exc:  # OSError; ssl.SSLError and TimeoutError are OSErrors too
+            if tls is not None and conn.phase is Phase.HANDSHAKE:  # not our own deadline, eviction or shutdown
+                self.tls_failed(conn, failure_reason(exc))
             sock.close()
             conn.connection_lost(None)
 
@@ -294,19 +310,23 @@ class Server:
             return "subject_connections_cap"
         return None
 
-    def start_session(self, conn: Connection, now: float) -> None:
+    def start_session(self, conn: Connection, now: float, expires_at: float) -> None:
+        """``expires_at`` is the credential's expiry, wall-clock seconds (math.inf: none)."""
         session = conn.session
         assert session is not None
         self.authenticated.add(conn)
         self._per_source[conn.source] = self._per_source.get(conn.source, 0) + 1
         self._per_subject[session.subject] = self._per_subject.get(session.subject, 0) + 1
         self.keep_alive(conn)
+        if expires_at != math.inf:
+            self.expiring.push(conn, now + (expires_at - self.wallclock()))
         self._spawn(self._run_app(session))
 
     def leave_authenticated(self, conn: Connection) -> None:
         if conn not in self.authenticated:
             return
         self.authenticated.discard(conn)
+        self.expiring.discard(conn)
         _decrement(self._per_source, conn.source)
         _decrement(self._per_subject, conn.session.subject)  # type: ignore[union-attr]
         if self.draining and not self.authenticated and self._drained is not None:
@@ -324,6 +344,10 @@ class Server:
     def count_auth(self, method: str, result: str) -> None:
         self.metrics.auth_attempts[(method, result)].inc()
 
+    def tls_failed(self, conn: Connection, reason: str) -> None:
+        self.metrics.tls_failures[reason].inc()
+        self.events.log(logging.INFO, "tls_" + reason, "TLS handshake failed from %s: %s", conn.host, reason)
+
     def log_auth_failure(self, conn: Connection, result: str, why: str) -> None:
         self.events.log(logging.INFO, "auth_" + result, "auth failed from %s: %s (%s)", conn.host, result, why)
 
@@ -334,7 +358,7 @@ class Server:
         self.metrics.loop_lag.set(max(0.0, now - self._next_tick))
         metrics = self.metrics
         for conn in self.handshaking.pop_expired(now):
-            metrics.deadline_expired["handshake"].inc()
+            metrics.deadline_expired["tls" if conn.tls_sock is not None else "handshake"].inc()
             conn.expire()
         for conn in self.authenticating.pop_expired(now):
             metrics.deadline_expired["auth"].inc()
@@ -345,6 +369,9 @@ class Server:
                 conn.ping()
         for conn in self.awaiting_pong.pop_expired(now):
             conn.fail(Close.INTERNAL_ERROR, "keepalive ping timeout")
+        for conn in self.expiring.pop_expired(now):
+            metrics.deadline_expired["credential"].inc()
+            conn.start_close(Close.INVALID_CREDENTIAL, "credential expired")
         for queue in (self.stalled, self.closing):
             for conn in queue.pop_expired(now):
                 conn.abort()

@@ -36,3 +36,10 @@ def verify_hook(token: str) -> dict[str, object]:
     if token == "open-sesame":
         return {"sub": "hooked"}
     raise ValueError("unknown credential")
+
+
+async def claims(conn: Session) -> None:
+    """Sends the credential's claims: what a certificate tells the app."""
+    await conn.send(json.dumps({"subject": conn.subject, "claims": dict(conn.claims)}))
+    async for message in conn:
+        await conn.send(message)

@@ -296,7 +296,7 @@ class ServerProcess:
             with self._changed:
                 self.lines.append(line)
                 self._changed.notify_all()
-            if match := re.search(r"listening on ws://[^:]+:(\d+)/", line):
+            if match := re.search(r"listening on wss?://[^:]+:(\d+)/", line):
                 self.port = int(match.group(1))
             if match := re.search(r"metrics on http://[^:]+:(\d+)/", line):
                 self.metrics_port = int(match.group(1))

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from guarded_ws.deadlines import DeadlineQueue, Timed, next_sweep
+from guarded_ws.deadlines import DeadlineQueue, ExpiryQueue, Timed, next_sweep
 
 
 class Item(Timed):
@@ -105,3 +105,55 @@ def test_a_discarded_head_does_not_bring_the_sweep_forward():
     queue.discard(gone)
     assert queue.next_deadline() == 10.25
     assert next_sweep([queue], 10.0, longest=0.5, shortest=0.125) == 10.25
+
+
+class Key:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_expiry_queue_pops_in_deadline_order_not_insertion_order():
+    queue = ExpiryQueue[Key]()
+    late, early, middle = Key("late"), Key("early"), Key("middle")
+    queue.push(late, 30.0)
+    queue.push(early, 10.0)
+    queue.push(middle, 20.0)
+    assert names(queue.pop_expired(9.9)) == []
+    assert names(queue.pop_expired(20.0)) == ["early", "middle"]
+    assert len(queue) == 1 and late in queue
+    assert names(queue.pop_expired(1e9)) == ["late"]
+    assert len(queue) == 0
+
+
+def test_expiry_queue_discard_and_move():
+    queue = ExpiryQueue[Key]()
+    gone, moved, kept = Key("gone"), Key("moved"), Key("kept")
+    for key in (gone, moved, kept):
+        queue.push(key, 5.0)
+    queue.discard(gone)
+    queue.discard(gone)  # twice is harmless
+    queue.push(moved, 50.0)  # re-authenticated: a later deadline replaces the earlier one
+    assert names(queue.pop_expired(10.0)) == ["kept"]
+    assert gone not in queue and moved in queue
+    queue.push(moved, 1.0)  # moved earlier works too
+    assert names(queue.pop_expired(10.0)) == ["moved"]
+    assert names(queue.pop_expired(1e9)) == []
+
+
+def test_expiry_queue_ties_need_no_ordering_of_items():
+    queue = ExpiryQueue[Key]()  # Key defines no <: a tie must never compare items
+    first, second = Key("a"), Key("b")
+    queue.push(first, 1.0)
+    queue.push(second, 1.0)
+    assert sorted(names(queue.pop_expired(1.0))) == ["a", "b"]
+
+
+def test_expiry_queue_stale_entries_stay_bounded():
+    queue = ExpiryQueue[Key]()
+    key = Key("renewed")
+    for when in range(10_000):
+        queue.push(key, float(when))
+    assert len(queue) == 1
+    assert len(queue._heap) <= 2 * 1 + ExpiryQueue._SLACK + 1
+    assert names(queue.pop_expired(9_998.0)) == []
+    assert names(queue.pop_expired(9_999.0)) == ["renewed"]
