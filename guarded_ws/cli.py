@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from . import runner
+from .certs import fingerprint, pem_certificates
 from .config import Config, ConfigError, load_config
 from .tokens import issue_token
 
@@ -63,9 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--jti", help="a token id (needed for auth.single_use)")
     issue.set_defaults(handler=_issue)
 
+    cert = commands.add_parser("cert", help="client certificates")
+    cert_commands = cert.add_subparsers(dest="cert_command", required=True)
+    fingerprint = cert_commands.add_parser(
+        "fingerprint", help="print each certificate's SHA-256 fingerprint, as tls.client_cert_fingerprints takes it"
+    )
+    fingerprint.add_argument("file", help="a PEM (one or more certificates) or DER file")
+    fingerprint.set_defaults(handler=_fingerprint)
+
     client = commands.add_parser("client", help="connect, authenticate, send messages, print the echoes")
-    client.add_argument("url", help="e.g. ws://127.0.0.1:8765/ws")
-    client.add_argument("--token", required=True)
+    client.add_argument("url", help="e.g. ws://127.0.0.1:8765/ws or wss://...")
+    client.add_argument("--token", help="the first-message credential (not needed with a client certificate)")
+    client.add_argument("--cafile", help="wss://: trust this CA (PEM) for the server's certificate")
+    client.add_argument("--cert", help="wss://: present this client certificate (PEM, key included or --key)")
+    client.add_argument("--key", help="the client certificate's key, if not in --cert")
     client.add_argument("--message", action="append", default=[], help="a message to send (repeatable)")
     client.set_defaults(handler=_client)
     return parser
@@ -153,10 +165,26 @@ def _hs_algorithm(config: Config) -> str:
     return hs[0]
 
 
-def _client(args: argparse.Namespace) -> int:
-    from .client import talk
+def _fingerprint(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, "rb") as file:
+            ders = pem_certificates(file.read())
+    except (OSError, ValueError) as exc:
+        print(f"guarded-ws: {args.file}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 1
+    for der in ders:
+        print(fingerprint(der))
+    return 0
 
-    return talk(args.url, args.token, args.message or ["hello"])
+
+def _client(args: argparse.Namespace) -> int:
+    from .client import talk, tls_context
+
+    context = tls_context(args.cafile, args.cert, args.key) if args.url.startswith("wss:") else None
+    if args.token is None and args.cert is None:
+        print("guarded-ws client: give --token, or --cert for a wss:// server that takes certificates", file=sys.stderr)
+        return 2
+    return talk(args.url, args.token, args.message or ["hello"], ssl=context)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import logging
 import socket
 from enum import IntEnum
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import PayloadTooBig, SecurityError
 from websockets.frames import Frame, Opcode
@@ -459,6 +460,25 @@ class Connection(asyncio.Protocol, Timed):
         else:
             ws.send_binary(message)
         self._flush()
+
+    def reauthenticate(self, credential: str) -> Mapping[str, Any]:
+        """A fresh token for the session's subject moves the expiry; returns its claims."""
+        server = self.server
+        verifier = server.verifier
+        session = self.session
+        assert session is not None
+        try:
+            identity = verifier.verify(credential, server.wallclock())
+            if identity.subject != session.subject:
+                raise AuthError("invalid", "re-authentication names another subject")
+        except AuthError as exc:
+            server.count_auth(verifier.method, exc.result)
+            server.log_auth_failure(self, exc.result, str(exc))
+            raise
+        server.count_auth(verifier.method, "ok")
+        if self.phase is _OPEN:
+            server.credential_expires(self, identity.expires_at)
+        return identity.claims
 
     def ping(self) -> None:
         self.ws.send_ping(b"")  # type: ignore[union-attr]

@@ -318,9 +318,15 @@ class Server:
         self._per_source[conn.source] = self._per_source.get(conn.source, 0) + 1
         self._per_subject[session.subject] = self._per_subject.get(session.subject, 0) + 1
         self.keep_alive(conn)
-        if expires_at != math.inf:
-            self.expiring.push(conn, now + (expires_at - self.wallclock()))
+        self.credential_expires(conn, expires_at)
         self._spawn(self._run_app(session))
+
+    def credential_expires(self, conn: Connection, expires_at: float) -> None:
+        """Close ``conn`` with 4401 at ``expires_at`` (wall-clock seconds; math.inf: never)."""
+        if expires_at == math.inf:
+            self.expiring.discard(conn)
+        else:
+            self.expiring.push(conn, self.clock() + (expires_at - self.wallclock()))
 
     def leave_authenticated(self, conn: Connection) -> None:
         if conn not in self.authenticated:

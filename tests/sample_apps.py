@@ -43,3 +43,19 @@ async def claims(conn: Session) -> None:
     await conn.send(json.dumps({"subject": conn.subject, "claims": dict(conn.claims)}))
     async for message in conn:
         await conn.send(message)
+
+
+async def refreshing(conn: Session) -> None:
+    """Takes "token <jwt>" messages to re-authenticate, the way an app lets clients outlive a token."""
+    from guarded_ws.tokens import AuthError
+
+    async for message in conn:
+        if isinstance(message, str) and message.startswith("token "):
+            try:
+                conn.reauthenticate(message.removeprefix("token "))
+            except AuthError as exc:
+                await conn.send(f"refused: {exc.result}")
+            else:
+                await conn.send(f"renewed until {conn.claims['exp']}")
+        else:
+            await conn.send(message)

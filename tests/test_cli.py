@@ -122,3 +122,38 @@ def test_without_a_secret_serve_prints_a_working_development_token():
     finally:
         server.proc.terminate()
         server.wait(10)
+
+
+def test_cert_fingerprint_prints_the_pins_the_config_takes_and_the_client_uses_them(tmp_path):
+    import pki
+
+    ca = pki.CA()
+    alice, bob = ca.client("alice"), ca.client("bob")
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(alice.cert_pem + bob.cert_pem)
+    printed = _cli("cert", "fingerprint", str(bundle))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.split() == [alice.fingerprint, bob.fingerprint]
+    assert _cli("cert", "fingerprint", str(tmp_path / "missing.pem")).returncode == 1
+
+    cert_file, key_file = ca.server().write(tmp_path, "server")
+    server = ServerProcess(
+        "--set", f"tls.cert_file={cert_file}",
+        "--set", f"tls.key_file={key_file}",
+        "--set", "tls.client_auth=required",
+        "--set", f"tls.client_ca_file={ca.write(tmp_path)}",
+        "--set", f"tls.client_cert_fingerprints={printed.stdout.split()[0]}",
+    )  # fmt: skip
+    try:
+        url = f"wss://localhost:{server.port}/ws"
+        ca_file = str(tmp_path / "ca.pem")
+        alice_cert, alice_key = alice.write(tmp_path, "alice")
+        ok = _cli("client", url, "--cafile", ca_file, "--cert", alice_cert, "--key", alice_key, "--message", "hi")
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.splitlines() == ["authenticated as alice", "echo: hi"]
+        bob_cert, bob_key = bob.write(tmp_path, "bob")
+        refused = _cli("client", url, "--cafile", ca_file, "--cert", bob_cert, "--key", bob_key)
+        assert refused.returncode != 0
+        assert "listening on wss://" in server.output
+    finally:
+        server.kill()

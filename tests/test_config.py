@@ -314,7 +314,27 @@ BAD = {
     ),
     "unknown variable with a section only": (None, {"GUARDED_WS_PORT": "1"}, {}, "GUARDED_WS_PORT", "unknown"),
     "malformed TOML": ("[limits\nauth_timeout = 3\n", {}, {}, "{file}", "line 1"),
-}
+    "tls version": (None, {}, {"tls.min_version": "TLSv1.1"}, "tls.min_version", "TLSv1.2, TLSv1.3"),
+    "tls client auth": (None, {}, {"tls.client_auth": "maybe"}, "tls.client_auth", "none, optional, required"),
+    "tls subject field": (None, {}, {"tls.client_subject": "ou"}, "tls.client_subject", "cn, san_dns"),
+    "tls key without cert": (None, {}, {"tls.key_file": "k.pem"}, "tls.key_file", "tls.cert_file"),
+    "client auth without tls": (None, {}, {"tls.client_auth": "required"}, "tls.client_auth", "tls.cert_file"),
+    "client auth without anchors": (
+        None, {}, {"tls.cert_file": "c.pem", "tls.client_auth": "optional"}, "tls.client_ca_file", "pins alone",
+    ),
+    "client ca unused": (
+        None, {}, {"tls.cert_file": "c.pem", "tls.client_ca_file": "ca.pem"}, "tls.client_ca_file", "unused",
+    ),
+    "pins unused": (
+        None, {}, {"tls.cert_file": "c.pem", "tls.client_cert_fingerprints": "ab" * 32},
+        "tls.client_cert_fingerprints", "unused",
+    ),
+    "pin not sha-256": (
+        '[tls]\ncert_file = "c.pem"\nclient_auth = "required"\nclient_ca_file = "ca.pem"\n'
+        'client_cert_fingerprints = ["abcd"]\n',
+        {}, {}, "tls.client_cert_fingerprints", "64 hex digits",
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(("toml", "environ", "overrides", "key", "says"), BAD.values(), ids=BAD.keys())
@@ -430,6 +450,19 @@ def test_with_overrides_reads_a_changed_secret_file(tmp_path):
     secret_file.write_text("from-file\n")
     base = load(tmp_path, environ={"GUARDED_WS_SECRET": "env-secret"})
     assert with_overrides(base, {"auth.secret_file": str(secret_file)}).auth.secret == "from-file"
+
+
+def test_tls_settings_load_and_pins_are_normalised(tmp_path):
+    pin = "AB:" * 31 + "AB"
+    config = load(
+        tmp_path,
+        '[tls]\ncert_file = "c.pem"\nclient_auth = "optional"\nclient_ca_file = "ca.pem"\n'
+        f'client_cert_fingerprints = ["{pin}"]\nclient_subject = "san_email"\n',
+    )
+    assert config.tls.enabled and config.tls.key_file is None
+    assert config.tls.client_cert_fingerprints == ("ab" * 32,)
+    assert config.tls.client_subject == "san_email"
+    assert not load(tmp_path).tls.enabled
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,10 @@ REJECT_REASONS = (
     "origin", "path", "malformed", "not_websocket", "headers_too_large", "shutting_down",
 )  # fmt: skip
 PHASES = ("handshake", "auth")
-AUTH_METHODS = ("token", "hook")
+DEADLINE_PHASES = ("tls", "handshake", "auth", "credential")
+AUTH_METHODS = ("token", "hook", "certificate")
+TLS_FAILURES = ("not_tls", "protocol", "no_certificate", "unknown_ca", "expired", "revoked", "bad_certificate",
+                "pin_mismatch", "no_subject", "peer_alert", "closed", "timeout", "other")  # fmt: skip
 AUTH_RESULTS = ("ok", "invalid", "expired", "not_yet_valid", "replayed", "timeout", "too_large", "protocol",
                 "unavailable")  # fmt: skip
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
@@ -52,12 +55,13 @@ METRICS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "guarded_ws_pending_connections": {"phase": PHASES},
     "guarded_ws_authenticated_connections": {},
     "guarded_ws_auth_attempts_total": {"method": AUTH_METHODS, "result": AUTH_RESULTS},
-    "guarded_ws_deadline_expired_total": {"phase": PHASES},
+    "guarded_ws_deadline_expired_total": {"phase": DEADLINE_PHASES},
     "guarded_ws_handshake_duration_seconds": {},
     "guarded_ws_auth_duration_seconds": {"method": AUTH_METHODS},
     "guarded_ws_tracked_sources": {},
     "guarded_ws_event_loop_lag_seconds": {},
     "guarded_ws_accept_errors_total": {"errno": ACCEPT_ERRNOS},
+    "guarded_ws_tls_handshake_failures_total": {"reason": TLS_FAILURES},
     "guarded_ws_limit": {"name": LIMIT_NAMES},
     "guarded_ws_build_info": {"version": None},
     "process_cpu_seconds_total": {},

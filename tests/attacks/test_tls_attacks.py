@@ -328,23 +328,6 @@ def test_client_certificate_expiry_closes_the_connection_with_4401(serve, tls):
     assert server.metric("guarded_ws_deadline_expired_total", phase="credential") == 1
 
 
-def test_token_expiry_closes_the_connection_with_4401(serve):
-    server = serve()  # plain ws://: tokens expire the same way
-    now = time.time()
-    ws = connect(f"ws://127.0.0.1:{server.port}/ws", sock=tcp(server.port), compression=None, legacy=True)
-    expiring = token("alice", ttl=2.0, now=now)
-    expires = int(now + 2.0)
-    ws.send(expiring)
-    assert json.loads(ws.recv(timeout=5))["subject"] == "alice"
-    assert echo(ws) == "hello"
-    with pytest.raises(Exception):
-        ws.recv(timeout=8)
-    closed_at = time.time()
-    assert ws.close_code == 4401 and ws.close_reason == "credential expired"
-    assert expires - 0.2 <= closed_at < expires + 2.0
-    ws.close()
-
-
 # Reload
 
 
