@@ -18,9 +18,9 @@ import asyncio
 import json
 import logging
 import socket
+from collections.abc import Mapping
 from enum import IntEnum
 from http import HTTPStatus
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import PayloadTooBig, SecurityError
