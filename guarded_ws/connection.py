@@ -461,7 +461,7 @@ class Connection(asyncio.Protocol, Timed):
             ws.send_binary(message)
         self._flush()
 
-    def reauthenticate(self, credential: str) -> Mapping[str, Any]:
+    async def reauthenticate(self, credential: str) -> Mapping[str, Any]:
         """A fresh token for the session's subject moves the expiry; returns its claims."""
         server = self.server
         verifier = server.verifier
@@ -471,6 +471,8 @@ class Connection(asyncio.Protocol, Timed):
             identity = verifier.verify(credential, server.wallclock())
             if identity.subject != session.subject:
                 raise AuthError("invalid", "re-authentication names another subject")
+            if identity.single_use is not None:  # a jti checked cluster-wide: consume it there too
+                await self._consume_for_renewal(*identity.single_use)
         except AuthError as exc:
             server.count_auth(verifier.method, exc.result)
             server.log_auth_failure(self, exc.result, str(exc))
@@ -479,6 +481,16 @@ class Connection(asyncio.Protocol, Timed):
         if self.phase is _OPEN:
             server.credential_expires(self, identity.expires_at)
         return identity.claims
+
+    async def _consume_for_renewal(self, key: str, until: float) -> None:
+        server = self.server
+        assert server.replay_store is not None
+        try:
+            fresh = await server.replay_store.consume(key, until, server.wallclock())
+        except ReplayStoreUnavailable:
+            raise AuthError("unavailable", "replay store unavailable") from None
+        if not fresh:
+            raise AuthError("replayed", "jti already used")
 
     def ping(self) -> None:
         self.ws.send_ping(b"")  # type: ignore[union-attr]

@@ -85,7 +85,7 @@ class Session:
         if self._closed is not None:
             raise self._closed
 
-    def reauthenticate(self, credential: str) -> None:
+    async def reauthenticate(self, credential: str) -> None:
         """Keep the connection past its credential's expiry with a fresh token for the same subject.
 
         The connection closes with 4401 when its credential expires; an app whose clients
@@ -93,7 +93,7 @@ class Session:
         Raises :class:`guarded_ws.tokens.AuthError` if the token is not valid, or names
         another subject; the connection is left as it was.
         """
-        self.claims = self._conn.reauthenticate(credential)
+        self.claims = await self._conn.reauthenticate(credential)
 
     async def close(self, code: int = Close.NORMAL, reason: str = "") -> None:
         """Start the closing handshake and wait until the connection is gone."""

@@ -52,7 +52,7 @@ async def refreshing(conn: Session) -> None:
     async for message in conn:
         if isinstance(message, str) and message.startswith("token "):
             try:
-                conn.reauthenticate(message.removeprefix("token "))
+                await conn.reauthenticate(message.removeprefix("token "))
             except AuthError as exc:
                 await conn.send(f"refused: {exc.result}")
             else:

@@ -191,3 +191,20 @@ def test_with_a_shared_store_the_verifier_leaves_the_jti_to_consume():
     assert verifier.verify(token("alice", ttl=60, now=now, jti="abc"), now).single_use is not None
     with pytest.raises(AuthError, match="missing jti"):
         verifier.verify(token("alice", ttl=60, now=now), now)
+
+
+def test_renewing_a_connection_consumes_the_single_use_token_cluster_wide(serve, redis_server):
+    from websockets.sync.client import connect
+
+    a = serve(auth__single_use=True, auth__replay_store=redis_server.url, server__app="sample_apps:refreshing")
+    b = serve(auth__single_use=True, auth__replay_store=redis_server.url)
+    ws = connect(f"ws://127.0.0.1:{a.port}/ws", sock=tcp(a.port, source(2)), compression=None, legacy=True)
+    ws.send(single_use()[0])
+    assert json.loads(ws.recv(timeout=5))["type"] == "authenticated"
+    fresh, _ = single_use()
+    ws.send("token " + fresh)
+    assert ws.recv(timeout=5).startswith("renewed until ")
+    ws.send("token " + fresh)
+    assert ws.recv(timeout=5) == "refused: replayed"
+    assert attempt(b.port, fresh, source(3)) == ("closed", 4401)  # spent on the other instance too
+    ws.close()
