@@ -129,12 +129,13 @@ def _print_dev_banner(config: Config, secret: str, running: runner.Running) -> N
     host = f"[{host}]" if ":" in host else host
     token = issue_token(secret, "dev-user", now=time.time(), ttl=3600, algorithm=_hs_algorithm(config))
     program = sys.argv[0] if sys.argv[0].endswith("guarded-ws") else f"{sys.executable} -m guarded_ws"
+    scheme, trust = ("wss", " --cafile CA.pem") if config.tls.enabled else ("ws", "")
     print(
         "WARNING: no secret configured; using a random DEVELOPMENT secret that dies with this process.\n"
         "         Set GUARDED_WS_SECRET or auth.secret_file for anything real.\n"
         f"Sample token (sub=dev-user, valid 1 h):\n  {token}\n"
         "Try it:\n"
-        f"  {program} client ws://{host}:{port}{config.server.path} --token {token} --message hello\n",
+        f"  {program} client {scheme}://{host}:{port}{config.server.path} --token {token}{trust} --message hello\n",
         flush=True,
     )
 
