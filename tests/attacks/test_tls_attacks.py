@@ -371,3 +371,19 @@ def test_sighup_reloads_certificates_without_dropping_connections(tls):
     finally:
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_tls_defences_hold_on_each_loop(serve, tls, loop):
+    server = serve(server__loop=loop, limits__handshake_timeout=1.0, **tls.mtls("optional"))
+    staller = tcp(server.port, source(2))
+    staller.sendall(PARTIAL_CLIENT_HELLO)
+    started = time.monotonic()
+    with wss(server.port, tls.context(tls.ca.client("alice")), source(3)) as ws:
+        assert json.loads(ws.recv(timeout=5))["subject"] == "alice"
+    refused(server.port, tls.context(pki.CA("other").client("alice")))
+    assert closed_by_peer(staller)
+    assert time.monotonic() - started < 3.0
+    assert server.metric("guarded_ws_deadline_expired_total", phase="tls") == 1
+    wait_for(lambda: tls_failures(server, "unknown_ca") == 1, what="unknown_ca counted")
+    wait_for(server.idle_state, what="pending state released")
