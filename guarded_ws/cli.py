@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(server.log_level)")
     serve.add_argument("--metrics-host", help="admin port address (metrics.host)")
     serve.add_argument("--metrics-port", type=int, help="admin port (metrics.port)")
+    serve.add_argument(
+        "--demo", action="store_true", help="serve the browser-auth demo page on /demo (loopback only; cookie.demo)"
+    )
     serve.set_defaults(handler=_serve)
 
     token = commands.add_parser("token", help="credentials")
@@ -105,6 +108,8 @@ def _load(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "demo", False):
+        overrides.update({"cookie.enabled": True, "cookie.demo": True})
     return load_config(args.config, overrides=overrides)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import ipaddress
 import math
 import os
 import re
@@ -109,6 +110,24 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """The browser path: preauth endpoint, ticket cookie, CSRF token, Origin (docs/protocol.md)."""
+
+    enabled: bool = False
+    preauth_path: str = "/ws/preauth"
+    name: str = "guarded_ws_ticket"  # "__Host-" is prepended when secure
+    ttl: float = 30.0
+    single_use: bool = False
+    secure: bool = False  # served over TLS (here or at a proxy): Secure and the __Host- prefix
+    domain: str | None = None
+    preauth_rate: float = 1.0  # preauth requests per second per source
+    preauth_burst: int = 10
+    max_body_bytes: int = 1024
+    authenticator: str | None = None  # "module:function"; None: a bearer token in Authorization
+    demo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -150,12 +169,15 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    cookie: CookieConfig = field(default_factory=CookieConfig)
 
     @property
     def needs_dev_secret(self) -> bool:
-        """Nothing could check an HMAC token: the CLI then makes a throwaway secret rather than fail."""
+        """Nothing could check an HMAC token or sign a ticket: the CLI then makes a throwaway secret rather than fail."""
         auth = self.auth
-        return auth.secret is None and auth.verifier is None and any(alg in _HMAC for alg in auth.algorithms)
+        if auth.secret is not None:
+            return False
+        return self.cookie.enabled or (auth.verifier is None and any(alg in _HMAC for alg in auth.algorithms))
 
 
 def load_config(
@@ -249,6 +271,7 @@ _SECTIONS = {
     "metrics": MetricsConfig,
     "relay": RelayConfig,
     "tls": TlsConfig,
+    "cookie": CookieConfig,
 }
 _HINTS: dict[str, dict[str, Any]] = {name: get_type_hints(cls) for name, cls in _SECTIONS.items()}
 _ENV_KEYS = {
@@ -471,6 +494,20 @@ _RULES: dict[str, _Rule] = {
     "tls.client_ca_file": _NOT_EMPTY,
     "tls.crl_file": _NOT_EMPTY,
     "tls.client_subject": _one_of(*SUBJECT_FIELDS),
+    "cookie.preauth_path": _PATH,
+    "cookie.name": (
+        lambda name: re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) is not None and not name.startswith("__"),
+        "must be 1 to 64 of A-Z a-z 0-9 _ -, without a __ prefix (added when secure)",
+    ),
+    "cookie.ttl": (lambda value: 0 < value <= 3600, "must be > 0 and <= 3600: a ticket is for the next upgrade"),
+    "cookie.domain": (
+        lambda domain: re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*", domain) is not None,
+        "must be a lower-case host name, no leading dot",
+    ),
+    "cookie.preauth_rate": _POSITIVE,
+    "cookie.preauth_burst": _at_least(1),
+    "cookie.max_body_bytes": _between(0, 65536),
+    "cookie.authenticator": _HOOK,
 }
 
 _HMAC = ("HS256", "HS384", "HS512")
@@ -493,6 +530,7 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
     _check_algorithms(auth["algorithms"])
     _check_public_key(auth["algorithms"], auth["public_key_file"])
     _check_tls(values["tls"])
+    _check_cookie(values["cookie"], server, auth)
     if secret is None and auth["secret_file"] is not None:
         secret = _read_secret(auth["secret_file"])
     relay_secret = _check_relay(server["app"], values["relay"], relay_secret, secret)
@@ -503,6 +541,7 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
         metrics=MetricsConfig(**values["metrics"]),
         relay=RelayConfig(**values["relay"], secret=relay_secret),
         tls=TlsConfig(**values["tls"]),
+        cookie=CookieConfig(**values["cookie"]),
     )
 
 
@@ -518,6 +557,33 @@ def _origin(entry: str) -> str:
         # Browsers leave the default port out, so this entry would never match.
         raise ConfigError(key, f"drop the default port: browsers send {match[1]}://{match[2]} (got {entry!r})")
     return origin
+
+
+def _check_cookie(cookie: dict[str, Any], server: dict[str, Any], auth: dict[str, Any]) -> None:
+    if cookie["demo"] and not cookie["enabled"]:
+        raise ConfigError("cookie.demo", "requires cookie.enabled")
+    if cookie["demo"] and not _is_loopback(server["host"]):
+        # The demo hands a token to anyone who asks: never off this machine.
+        raise ConfigError("cookie.demo", f"only on a loopback server.host (got {server['host']!r})")
+    if cookie["enabled"] and not server["allowed_origins"] and not cookie["demo"]:
+        # Without an Origin check any page could ride a user's cookie (Cross-Site WebSocket Hijacking).
+        raise ConfigError("cookie.enabled", "requires server.allowed_origins: the pages that may open the socket")
+    if cookie["enabled"] and cookie["preauth_path"] == server["path"]:
+        raise ConfigError("cookie.preauth_path", f"must differ from server.path ({server['path']!r})")
+    if cookie["enabled"] and cookie["authenticator"] is None and auth["single_use"] and auth["replay_store"]:
+        # Preauth answers within one request: it cannot wait on the shared store, nor skip it.
+        raise ConfigError(
+            "cookie.authenticator",
+            "required with auth.single_use and auth.replay_store: the built-in bearer check cannot consume a "
+            "jti in the shared store",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_caps(limits: dict[str, Any]) -> None:

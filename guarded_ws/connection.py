@@ -33,12 +33,14 @@ from websockets.server import ServerProtocol
 
 from .certs import CertificateRefused
 from .codes import Close, http_refusal
+from .cookie_auth import CookieRefused
 from .deadlines import Timed
 from .session import ConnectionClosed, Message, Session
 from .replay_store import ReplayStoreUnavailable
 from .tokens import AuthError, Identity
 
 if TYPE_CHECKING:
+    from .preauth import RequestReader
     from .server import Server
 
 # websockets logs every open and close at INFO; ours are enough.
@@ -101,6 +103,7 @@ class Connection(asyncio.Protocol, Timed):
         "pending",
         "tls_sock",
         "certificate",
+        "http",
         "_fragments",
         "_fragment_op",
         "_held",
@@ -123,6 +126,7 @@ class Connection(asyncio.Protocol, Timed):
         self.pending = True  # counted by admission until the server's leave_pending()
         self.tls_sock: socket.socket | None = None  # the raw socket while the TLS handshake runs
         self.certificate: Identity | None = None  # a verified client certificate: authenticates at the upgrade
+        self.http: RequestReader | None = None  # a preauth POST, read by guarded_ws.preauth
         self._fragments: bytearray | None = None
         self._fragment_op = _TEXT
         self._held: list[Frame] | None = None  # frames behind a credential the replay store is checking
@@ -221,6 +225,10 @@ class Connection(asyncio.Protocol, Timed):
         server = self.server
         ws = self.ws
         if ws is None:
+            # websockets parses GET only: anything else is the browser path's preauth POST.
+            if server.preauth is not None and (self.http is not None or data[:1] != b"G"):
+                self._on_preauth_data(data)
+                return
             ws = self.ws = _sansio(server.max_preauth_bytes, WS_CONNECTING)
         # Feed the parser the request head only: what follows goes to the frame parser that
         # replaces it after the upgrade (see _upgrade).
@@ -235,7 +243,7 @@ class Connection(asyncio.Protocol, Timed):
         events = ws.events_received()
         if events:
             self._on_request(events[0])  # type: ignore[arg-type]
-            if rest and self.phase is _AUTH:
+            if rest and (self.phase is _AUTH or self.phase is _OPEN):
                 self.received = len(rest)
                 self.ws.receive_data(rest)  # type: ignore[union-attr]
                 self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
@@ -251,13 +259,35 @@ class Connection(asyncio.Protocol, Timed):
         elif too_large or self.received >= server.max_request_bytes:
             self._refuse(REFUSE_TOO_LARGE, "headers_too_large")
 
+    def _on_preauth_data(self, data: bytes) -> None:
+        server = self.server
+        preauth = server.preauth
+        assert preauth is not None
+        if self.http is None:
+            self.http = preauth.reader()
+        response = preauth.receive(
+            self.http,
+            data,
+            source=self.source,
+            host=self.host,
+            allowed_origins=server.allowed_origins,
+            now=server.clock(),
+            wallclock=server.wallclock(),
+        )
+        if response is not None:
+            self.http = None
+            self._refuse(response, None)
+
     def _on_request(self, request: Request) -> None:
         server = self.server
         ws = self.ws
         assert ws is not None
         path = request.path.partition("?")[0]
         if path != server.path:
-            self._reject(HTTPStatus.NOT_FOUND, "path")
+            if server.demo_page is not None and path == "/demo":
+                self._refuse(server.demo_page, None)
+            else:
+                self._reject(HTTPStatus.NOT_FOUND, "path")
             return
         if server.allowed_origins:
             origins = request.headers.get_all("Origin")
@@ -274,6 +304,16 @@ class Connection(asyncio.Protocol, Timed):
             server.count_refusal("not_websocket" if response.status_code == 426 else "malformed")
             ws.send_response(response)
             return
+        identity = None
+        if server.cookie_auth is not None and server.cookie_auth.wants(request):
+            try:
+                identity = server.cookie_auth.check(request, server.allowed_origins, server.wallclock())
+            except CookieRefused as refused:
+                if refused.result is not None:
+                    server.count_auth("cookie", refused.result)
+                    server.log_auth_failure(self, refused.result, str(refused))
+                self._reject(HTTPStatus.FORBIDDEN, refused.reason)
+                return
         ws.send_response(response)
         self._flush()
         # The handshake parser's generator keeps the request (about 2 KiB of headers) alive for
@@ -289,6 +329,8 @@ class Connection(asyncio.Protocol, Timed):
         server.upgraded(self, now)
         if self.certificate is not None:
             self._admit(self.certificate, "certificate")
+        elif identity is not None:  # the browser path: authenticated by the upgrade itself
+            self._admit(identity, "cookie")
 
     def _on_frames(self, frames: list[Event]) -> None:
         for frame in frames:

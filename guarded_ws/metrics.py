@@ -34,11 +34,15 @@ REJECT_REASONS = (
     "not_websocket",
     "headers_too_large",
     "shutting_down",
+    "csrf",
+    "method",
+    "body_too_large",
+    "preauth_rate",
 )
 PENDING_PHASES = ("handshake", "auth")
 # "credential": an authenticated connection closed (4401) when its token or certificate expired.
 DEADLINE_PHASES = ("tls", "handshake", "auth", "credential")
-AUTH_METHODS = ("token", "hook", "certificate")
+AUTH_METHODS = ("token", "hook", "certificate", "cookie", "preauth")
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
 
 # From loopback latencies (~1 ms) up to the longest default deadline and beyond.

@@ -8,15 +8,20 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from . import demo, preauth
 from .admin import AdminServer
 from .apps import App, load_app
 from .config import Config, ConfigError, derive_connection_caps, raise_nofile_limit
+from .cookie_auth import CookieAuth
 from .metrics import Metrics
+from .plugins import import_object
+from .rate import AcceptRate
 from .relay import Relay
 from .replay_store import RedisReplayStore
 from .server import Server, Verifier
+from .tickets import MIN_SECRET_BYTES, Tickets, cookie_name
 from .tls import ServerTLS
-from .tokens import HookVerifier, ReplayCache, TokenVerifier, load_hook
+from .tokens import HookVerifier, ReplayCache, TokenVerifier, issue_token, load_hook
 
 log = logging.getLogger("guarded_ws")
 
@@ -58,12 +63,66 @@ def build_app(config: Config) -> App:
     )
 
 
+def build_browser_path(
+    config: Config, verifier: Verifier, metrics: Metrics, secret: str | None = None
+) -> tuple[preauth.Preauth, CookieAuth]:
+    """The preauth endpoint and the upgrade's cookie check, sharing one ticket key."""
+    cookie, auth = config.cookie, config.auth
+    key = auth.secret or secret or ""
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError("auth.secret", f"cookie.enabled signs tickets with it: at least {MIN_SECRET_BYTES} bytes")
+    replay = ReplayCache(auth.replay_cache_size) if cookie.single_use else None
+    tickets = Tickets(key, ttl=cookie.ttl, leeway=auth.leeway, replay_cache=replay)
+    name = cookie_name(cookie.name, secure=cookie.secure, domain=cookie.domain)
+    if cookie.authenticator is not None:
+        authenticate = preauth.hook(import_object(cookie.authenticator, "authenticator"))
+    else:
+        authenticate = preauth.bearer(verifier.verify)
+    routes = {}
+    demo_page = None
+    if cookie.demo:
+        routes[demo.LOGIN_PATH] = demo.login(_demo_token_issuer(config, key))
+        demo_page = demo.page(cookie.preauth_path, config.server.path)
+    endpoint = preauth.Preauth(
+        path=cookie.preauth_path,
+        tickets=tickets,
+        cookie_name=name,
+        secure=cookie.secure,
+        domain=cookie.domain,
+        authenticate=authenticate,
+        rate=AcceptRate(cookie.preauth_rate, cookie.preauth_burst),
+        metrics=metrics,
+        max_request_bytes=config.limits.max_request_bytes,
+        max_body_bytes=cookie.max_body_bytes,
+        routes=routes,
+        demo_page=demo_page,
+    )
+    return endpoint, CookieAuth(tickets, name)
+
+
+def _demo_token_issuer(config: Config, key: str) -> Callable[[str, float, float, str], str]:
+    auth = config.auth
+    hs = [alg for alg in auth.algorithms if alg.startswith("HS")]
+    if not hs or auth.verifier is not None:
+        raise ConfigError("cookie.demo", "the demo's login signs tokens with the secret: needs an HS* algorithm")
+
+    def issue(subject: str, now: float, ttl: float, jti: str) -> str:
+        return issue_token(
+            key, subject, now=now, ttl=ttl, algorithm=hs[0], audience=auth.audience, issuer=auth.issuer, jti=jti
+        )
+
+    return issue
+
+
 def build_server(config: Config, *, secret: str | None = None, nofile: int, metrics: Metrics | None = None) -> Server:
     pending_total, connections_total = derive_connection_caps(config.limits, nofile)
+    metrics = metrics if metrics is not None else Metrics()
+    verifier = build_verifier(config, secret)
+    endpoint, cookie_auth = build_browser_path(config, verifier, metrics, secret) if config.cookie.enabled else (None, None)
     return Server(
         config,
         app=build_app(config),
-        verifier=build_verifier(config, secret),
+        verifier=verifier,
         max_pending_total=pending_total,
         max_connections_total=connections_total,
         metrics=metrics,
@@ -73,6 +132,8 @@ def build_server(config: Config, *, secret: str | None = None, nofile: int, metr
             else None
         ),
         tls=ServerTLS(config.tls, config.limits.handshake_timeout) if config.tls.enabled else None,
+        preauth=endpoint,
+        cookie_auth=cookie_auth,
     )
 
 
@@ -101,6 +162,8 @@ async def start(config: Config, *, secret: str | None = None, nofile: int | None
     scheme = "wss" if server.tls is not None else "ws"
     for host, port in server.addresses:
         log.info("listening on %s://%s:%d%s", scheme, _bracket(host), port, config.server.path)
+        if config.cookie.demo:
+            log.info("demo page on %s://%s:%d/demo", "https" if server.tls is not None else "http", _bracket(host), port)
     if admin is not None:
         log.info("metrics on http://%s:%d/metrics", _bracket(config.metrics.host), admin.port)
     log.info(

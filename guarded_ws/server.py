@@ -22,9 +22,12 @@ from .apps import App
 from .codes import Close, http_refusal
 from .config import Config
 from .connection import Connection, Phase
+from .cookie_auth import CookieAuth
 from .deadlines import DeadlineQueue, ExpiryQueue, next_sweep
+from .demo import own_origins
 from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
+from .preauth import Preauth
 from .rate import AcceptRate
 from .replay_store import SharedReplayStore
 from .session import ConnectionClosed, Session
@@ -58,6 +61,8 @@ class Server:
         tls: ServerTLS | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
+        preauth: Preauth | None = None,
+        cookie_auth: CookieAuth | None = None,
     ) -> None:
         limits = config.limits
         self.config = config
@@ -76,6 +81,9 @@ class Server:
         self.max_preauth_bytes = limits.max_preauth_bytes
         self.max_message_bytes = limits.max_message_bytes
         self.accept_batch = config.server.accept_batch
+        self.preauth = preauth  # the browser path (guarded_ws.preauth, guarded_ws.cookie_auth)
+        self.cookie_auth = cookie_auth
+        self.demo_page = preauth.demo_page if preauth is not None else None
 
         self.admission = Admission(
             max_per_source=limits.max_pending_per_source,
@@ -148,6 +156,9 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
         self.listeners = _listen(self.config.server.host, self.config.server.port, self.config.server.backlog)
+        if self.demo_page is not None:  # the demo page may call us from wherever we listen
+            scheme = "https" if self.tls is not None else "http"
+            self.allowed_origins |= own_origins(self.addresses, self.config.server.host, scheme)
         self._resume_accepting()
         self._next_tick = self.clock() + TICK
         self._sweeper = self.loop.call_at(self._loop_time_of(self._next_tick), self._sweep)

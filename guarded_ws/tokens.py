@@ -32,6 +32,8 @@ RESULTS: tuple[str, ...] = (
     "too_large",
     "protocol",
     "unavailable",  # the shared replay store did not answer (fail closed)
+    "missing",  # the browser path: no ticket cookie, CSRF token or bearer token
+    "csrf",  # the browser path: a CSRF token not bound to the ticket
 )
 
 

@@ -522,3 +522,11 @@ def test_raise_nofile_limit_raises_the_soft_limit_to_the_hard_one(monkeypatch):
 def test_raise_nofile_limit_keeps_the_soft_limit_when_refused(monkeypatch):
     monkeypatch.setattr(config_module, "resource", FakeResource(1024, 65536, refuse=True))
     assert raise_nofile_limit() == 1024
+
+
+def test_preauth_bearer_check_cannot_skip_a_shared_replay_store(tmp_path):
+    shared = {**ORIGIN, "cookie.enabled": True, "auth.single_use": True, "auth.replay_store": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, overrides=shared)
+    assert caught.value.key == "cookie.authenticator"
+    assert load(tmp_path, overrides={**shared, "cookie.authenticator": "mymodule:check"}).cookie.enabled
