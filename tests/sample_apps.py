@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from guarded_ws import Session
+from guarded_ws.preauth import PreauthRequest
 
 
 async def whoami(conn: Session) -> None:
@@ -59,3 +60,8 @@ async def refreshing(conn: Session) -> None:
                 await conn.send(f"renewed until {conn.claims['exp']}")
         else:
             await conn.send(message)
+
+
+def session_authenticator(request: PreauthRequest) -> str | None:
+    """A site's own auth for the preauth endpoint (``cookie.authenticator``): its session cookie names the user."""
+    return {"s3cret-session-of-bob": "bob"}.get(request.cookies.get("session", ""))
