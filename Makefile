@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 
 PROMTOOL := /usr/bin/promtool
 REDIS    := /usr/bin/redis-server
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test clean
 
@@ -28,7 +29,11 @@ $(PROMTOOL):
 $(REDIS):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 
-test: $(STAMP) $(PROMTOOL) $(REDIS)
+# The browser-auth tests drive Debian's chromium through Playwright; nothing is downloaded.
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: $(STAMP) $(PROMTOOL) $(REDIS) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -112,6 +112,7 @@ class Preauth:
         metrics: Metrics,
         max_request_bytes: int,
         max_body_bytes: int,
+        retry_after: int = 1,
         routes: Mapping[str, Callable[[PreauthRequest, float], bytes]] | None = None,
         demo_page: bytes | None = None,
     ) -> None:
@@ -125,6 +126,7 @@ class Preauth:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.max_body_bytes = max_body_bytes
+        self.retry_after = (("Retry-After", str(retry_after)),)
         self.routes = dict(routes or {})  # other POST paths (the demo's login)
         self.demo_page = demo_page
 
@@ -156,7 +158,8 @@ class Preauth:
                 return None
         except Refusal as refusal:
             self.metrics.rejected[refusal.reason].inc()
-            return _refusal(refusal.status)
+            too_many = refusal.status is HTTPStatus.TOO_MANY_REQUESTS
+            return _refusal(refusal.status, *(self.retry_after if too_many else ()))
         request = PreauthRequest(method, target, headers, body, host, _cookies(headers))
         handler = self.routes.get(request.path, self._issue)
         return handler(request, wallclock)

@@ -94,6 +94,7 @@ def build_browser_path(
         metrics=metrics,
         max_request_bytes=config.limits.max_request_bytes,
         max_body_bytes=cookie.max_body_bytes,
+        retry_after=config.limits.retry_after,
         routes=routes,
         demo_page=demo_page,
     )

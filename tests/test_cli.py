@@ -157,3 +157,21 @@ def test_cert_fingerprint_prints_the_pins_the_config_takes_and_the_client_uses_t
         assert "listening on wss://" in server.output
     finally:
         server.kill()
+
+
+def test_serve_demo_serves_the_demo_page_with_a_development_secret():
+    server = ServerProcess("--demo", secret=None)
+    try:
+        line = server.wait_line("demo page on ")
+        assert line.rstrip().endswith(f"http://127.0.0.1:{server.port}/demo")
+        sock = tcp(server.port)
+        sock.sendall(b"GET /demo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        page = b""
+        while chunk := sock.recv(65536):
+            page += chunk
+        assert page.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"<title>guarded-ws: browser auth demo</title>" in page
+    finally:
+        server.proc.terminate()
+        server.wait(10)
+

@@ -524,6 +524,69 @@ def test_raise_nofile_limit_keeps_the_soft_limit_when_refused(monkeypatch):
     assert raise_nofile_limit() == 1024
 
 
+# The browser path: [cookie]
+
+ORIGIN = {"server.allowed_origins": "https://app.example"}
+BAD_COOKIE = {
+    "cookie without origins": ({"cookie.enabled": True}, "cookie.enabled", "server.allowed_origins"),
+    "demo without cookie": ({"cookie.demo": True}, "cookie.demo", "cookie.enabled"),
+    "demo off loopback": (
+        {"cookie.enabled": True, "cookie.demo": True, "server.host": "0.0.0.0"},
+        "cookie.demo",
+        "loopback",
+    ),
+    "preauth path is the socket's": (
+        {**ORIGIN, "cookie.enabled": True, "cookie.preauth_path": "/ws"},
+        "cookie.preauth_path",
+        "server.path",
+    ),
+    "preauth path with query": ({"cookie.preauth_path": "/p?x"}, "cookie.preauth_path", "query"),
+    "prefixed cookie name": ({"cookie.name": "__Host-t"}, "cookie.name", "__ prefix"),
+    "cookie name with a separator": ({"cookie.name": "a;b"}, "cookie.name", "A-Z"),
+    "zero ttl": ({"cookie.ttl": 0}, "cookie.ttl", "> 0"),
+    "long ttl": ({"cookie.ttl": 86400}, "cookie.ttl", "3600"),
+    "domain with leading dot": ({"cookie.domain": ".example.com"}, "cookie.domain", "leading dot"),
+    "zero preauth rate": ({"cookie.preauth_rate": 0}, "cookie.preauth_rate", "> 0"),
+    "zero preauth burst": ({"cookie.preauth_burst": 0}, "cookie.preauth_burst", ">= 1"),
+    "huge body": ({"cookie.max_body_bytes": 1 << 20}, "cookie.max_body_bytes", "0..65536"),
+    "authenticator not a hook": ({"cookie.authenticator": "nohook"}, "cookie.authenticator", "module:function"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "key", "says"), BAD_COOKIE.values(), ids=BAD_COOKIE.keys())
+def test_bad_cookie_settings_are_errors_naming_their_key(tmp_path, overrides, key, says):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, overrides=overrides)
+    assert caught.value.key == key
+    assert says in str(caught.value)
+
+
+def test_cookie_settings_from_every_layer(tmp_path):
+    config = load(
+        tmp_path,
+        '[server]\nallowed_origins = ["https://app.example"]\n[cookie]\nenabled = true\nttl = 20\n',
+        {"GUARDED_WS_COOKIE_SINGLE_USE": "true"},
+        {"cookie.secure": "yes", "cookie.domain": "example.com"},
+    )
+    cookie = config.cookie
+    assert (cookie.enabled, cookie.ttl, cookie.single_use, cookie.secure, cookie.domain) == (
+        True,
+        20.0,
+        True,
+        True,
+        "example.com",
+    )
+    assert load(tmp_path, overrides={"cookie.enabled": True, "cookie.demo": True}).cookie.demo  # origins: its own
+
+
+def test_the_cookie_path_needs_a_secret_even_with_public_key_tokens(tmp_path):
+    key_file = tmp_path / "key.pem"
+    key_file.write_text("-----BEGIN PUBLIC KEY-----\n")
+    rs = {"auth.algorithms": "RS256", "auth.public_key_file": str(key_file)}
+    assert not load(tmp_path, overrides=rs).needs_dev_secret
+    assert load(tmp_path, overrides={**rs, **ORIGIN, "cookie.enabled": True}).needs_dev_secret
+
+
 def test_preauth_bearer_check_cannot_skip_a_shared_replay_store(tmp_path):
     shared = {**ORIGIN, "cookie.enabled": True, "auth.single_use": True, "auth.replay_store": "redis://127.0.0.1:6379/0"}
     with pytest.raises(ConfigError) as caught:

@@ -36,14 +36,15 @@ JOB = "guarded-ws"
 REJECT_REASONS = (
     "per_source_cap", "per_source_rate", "global_cap", "connections_cap", "source_connections_cap", "subject_connections_cap",
     "origin", "path", "malformed", "not_websocket", "headers_too_large", "shutting_down",
+    "csrf", "method", "body_too_large", "preauth_rate",
 )  # fmt: skip
 PHASES = ("handshake", "auth")
 DEADLINE_PHASES = ("tls", "handshake", "auth", "credential")
-AUTH_METHODS = ("token", "hook", "certificate")
+AUTH_METHODS = ("token", "hook", "certificate", "cookie", "preauth")
 TLS_FAILURES = ("not_tls", "protocol", "no_certificate", "unknown_ca", "expired", "revoked", "bad_certificate",
                 "pin_mismatch", "no_subject", "peer_alert", "closed", "timeout", "other")  # fmt: skip
 AUTH_RESULTS = ("ok", "invalid", "expired", "not_yet_valid", "replayed", "timeout", "too_large", "protocol",
-                "unavailable")  # fmt: skip
+                "unavailable", "missing", "csrf")  # fmt: skip
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
 LIMIT_NAMES = ("max_pending_total", "max_pending_per_source", "max_connections_total", "handshake_timeout",
                "auth_timeout")  # fmt: skip

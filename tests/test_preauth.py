@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guarded_ws.config import ConfigError, load_config
 from guarded_ws.metrics import Metrics
 from guarded_ws.preauth import Preauth, Refusal, RequestReader, bearer, hook
 from guarded_ws.rate import AcceptRate
+from guarded_ws.runner import build_server
 from guarded_ws.tickets import Tickets
 from guarded_ws.tokens import AuthError, Identity
 
@@ -181,3 +183,15 @@ def test_a_hook_sees_headers_cookies_and_body_and_anything_but_a_subject_refuses
     assert seen == [("/ws/preauth", "s1", b"body", "127.0.0.1")]
     for value in (b"s2", b"s3", b"s4"):
         assert _status(_answer(endpoint, REQUEST.replace(b"session=s1", b"session=" + value))) == 401
+
+
+def test_tickets_need_a_secret_of_32_bytes_whatever_checks_the_tokens():
+    overrides = {
+        "cookie.enabled": True,
+        "server.allowed_origins": ORIGIN,
+        "auth.verifier": "sample_apps:verify_hook",  # tokens need no secret: tickets still do
+    }
+    config = load_config(None, environ={"GUARDED_WS_SECRET": "too-short"}, overrides=overrides)
+    with pytest.raises(ConfigError) as caught:
+        build_server(config, nofile=1024)
+    assert caught.value.key == "auth.secret" and "32 bytes" in str(caught.value)

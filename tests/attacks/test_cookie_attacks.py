@@ -8,92 +8,16 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
-from urllib.parse import quote
 
 import pytest
 from websockets.frames import Opcode
 
-from support import (
-    SECRET,
-    ServerProcess,
-    frame,
-    read_frame,
-    read_response_head,
-    source,
-    status_of,
-    tcp,
-    token,
-    upgrade_request,
-    wait_for,
-)
+from cookie_support import ORIGIN, cookie_server, open_socket, post, preauth
+from support import SECRET, ServerProcess, frame, read_frame, read_response_head, source, status_of, tcp, token, wait_for
 from guarded_ws.tickets import issue
 
-ORIGIN = "https://app.example.com"
-NAME = "guarded_ws_ticket"
 AUTHENTICATED = b'{"type": "authenticated", "subject": "alice"}'
-
-
-def _cookie_server(serve, **overrides):
-    return serve(cookie__enabled=True, server__allowed_origins=[ORIGIN], **overrides)
-
-
-def post(
-    port: int,
-    path: str = "/ws/preauth",
-    *,
-    origin: str | None = ORIGIN,
-    headers: dict[str, str] | None = None,
-    body: bytes = b"",
-    method: str = "POST",
-    src: str = "127.0.0.1",
-) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request on its own connection; (status, headers, body) of the answer."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
-    lines += [f"Origin: {origin}"] if origin is not None else []
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    sock = tcp(port, src)
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    sock.close()
-    head, _, content = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode().split("\r\n")
-    fields = dict(line.split(": ", 1) for line in header_lines)
-    return int(status_line.split(" ")[1]), fields, content
-
-
-def preauth(port: int, sub: str = "alice", src: str = "127.0.0.1") -> tuple[str, str]:
-    """A legitimate preauth: (csrf, the ticket cookie's value)."""
-    status, headers, body = post(port, headers={"Authorization": f"Bearer {token(sub)}"}, src=src)
-    assert status == 200, body
-    csrf = json.loads(body)["csrf"]
-    cookie = headers["Set-Cookie"].partition(";")[0]
-    name, _, value = cookie.partition("=")
-    assert name == NAME
-    return csrf, value
-
-
-def open_socket(
-    port: int,
-    *,
-    cookie: str | None = None,
-    csrf: str | None = None,
-    origin: str | None = ORIGIN,
-    src: str = "127.0.0.1",
-    extra: bytes = b"",
-) -> tuple[socket.socket, int | None]:
-    headers = {}
-    if origin is not None:
-        headers["Origin"] = origin
-    if cookie is not None:
-        headers["Cookie"] = f"theme=dark; {NAME}={cookie}"
-    path = "/ws" if csrf is None else f"/ws?csrf={quote(csrf)}"
-    sock = tcp(port, src)
-    sock.sendall(upgrade_request(path, headers=headers) + extra)
-    return sock, status_of(read_response_head(sock))
 
 
 def _legit_browser_client(port: int, src: str = "127.0.0.1") -> None:
@@ -115,7 +39,7 @@ def _cookie_auth(server, result: str) -> float:
 
 
 def test_the_browser_path_authenticates_at_the_upgrade(serve):
-    server = _cookie_server(serve)
+    server = cookie_server(serve)
     _legit_browser_client(server.port)
     assert _cookie_auth(server, "ok") == 1
     assert server.metric("guarded_ws_auth_attempts_total", method="preauth", result="ok") == 1
@@ -123,7 +47,7 @@ def test_the_browser_path_authenticates_at_the_upgrade(serve):
 
 
 def test_frames_sent_behind_the_upgrade_reach_the_app(serve):
-    server = _cookie_server(serve)
+    server = cookie_server(serve)
     csrf, cookie = preauth(server.port)
     sock, status = open_socket(server.port, cookie=cookie, csrf=csrf, extra=frame(Opcode.TEXT, b"eager"))
     assert status == 101
@@ -133,7 +57,7 @@ def test_frames_sent_behind_the_upgrade_reach_the_app(serve):
 
 def test_a_hostile_origin_with_the_victims_cookie_and_csrf_token_gets_403(serve):
     """The worst case of Cross-Site WebSocket Hijacking: even with both credentials, a foreign Origin is refused."""
-    server = _cookie_server(serve)
+    server = cookie_server(serve)
     csrf, cookie = preauth(server.port)
     for origin in ("http://127.0.0.2:8000", "https://app.example.com.evil.example", "null"):
         sock, status = open_socket(server.port, cookie=cookie, csrf=csrf, origin=origin, src=source(2))
@@ -174,7 +98,7 @@ def _csrf_of_another_cookie(port: int) -> tuple[str, str]:
     ids=["expired", "tampered", "csrf-of-another-cookie", "missing-csrf", "missing-cookie", "forged"],
 )
 def test_a_bad_ticket_or_csrf_token_gets_403_counted_by_reason(serve, attack, reason, result):
-    server = _cookie_server(serve)
+    server = cookie_server(serve)
     csrf, cookie = attack(server.port)
     sock, status = open_socket(server.port, cookie=cookie, csrf=csrf, src=source(2))
     assert status == 403
@@ -186,7 +110,7 @@ def test_a_bad_ticket_or_csrf_token_gets_403_counted_by_reason(serve, attack, re
 
 
 def test_a_missing_origin_is_refused_on_the_cookie_path_only(serve):
-    server = _cookie_server(serve)
+    server = cookie_server(serve)
     csrf, cookie = preauth(server.port)
     sock, status = open_socket(server.port, cookie=cookie, csrf=csrf, origin=None, src=source(2))
     assert status == 403
@@ -198,7 +122,7 @@ def test_a_missing_origin_is_refused_on_the_cookie_path_only(serve):
 
 
 def test_a_single_use_ticket_is_refused_the_second_time(serve):
-    server = _cookie_server(serve, cookie__single_use=True)
+    server = cookie_server(serve, cookie__single_use=True)
     csrf, cookie = preauth(server.port)
     sock, status = open_socket(server.port, cookie=cookie, csrf=csrf)
     assert status == 101 and read_frame(sock) == (Opcode.TEXT, AUTHENTICATED)
@@ -210,7 +134,7 @@ def test_a_single_use_ticket_is_refused_the_second_time(serve):
 
 
 def test_preauth_refuses_foreign_origins_preflights_and_bad_credentials(serve):
-    server = _cookie_server(serve)
+    server = cookie_server(serve)
     status, headers, _ = post(server.port, origin="https://evil.example", headers={"Authorization": f"Bearer {token()}"})
     assert status == 403 and "Set-Cookie" not in headers
     status, headers, _ = post(server.port, origin=None, headers={"Authorization": f"Bearer {token()}"})
@@ -235,7 +159,7 @@ def test_preauth_refuses_foreign_origins_preflights_and_bad_credentials(serve):
 
 
 def test_preauth_bodies_are_bounded(serve):
-    server = _cookie_server(serve, cookie__max_body_bytes=64)
+    server = cookie_server(serve, cookie__max_body_bytes=64)
     status, _, _ = post(server.port, headers={"Authorization": f"Bearer {token()}"}, body=b"x" * 65)
     assert status == 413
     assert _rejected(server, "body_too_large") == 1
@@ -243,15 +167,17 @@ def test_preauth_bodies_are_bounded(serve):
 
 
 def test_preauth_has_its_own_per_source_rate(serve):
-    server = _cookie_server(serve, cookie__preauth_rate=0.01, cookie__preauth_burst=2)
+    server = cookie_server(serve, cookie__preauth_rate=0.01, cookie__preauth_burst=2)
     bearer = {"Authorization": f"Bearer {token()}"}
-    assert [post(server.port, headers=bearer, src=source(2))[0] for _ in range(3)] == [200, 200, 429]
+    answers = [post(server.port, headers=bearer, src=source(2)) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 429]
+    assert answers[2][1]["Retry-After"] == "1" and "Set-Cookie" not in answers[2][1]
     assert _rejected(server, "preauth_rate") == 1
     _legit_browser_client(server.port, src=source(3))  # another source is not slowed down
 
 
 def test_a_trickled_preauth_is_closed_at_the_handshake_deadline(serve):
-    server = _cookie_server(serve, limits__handshake_timeout=1)
+    server = cookie_server(serve, limits__handshake_timeout=1)
     sock = tcp(server.port, source(2))
     sock.sendall(b"POST /ws/preauth HTTP/1.1\r\nHost: x\r\n")
     sock.settimeout(0.1)
@@ -272,7 +198,7 @@ def test_a_trickled_preauth_is_closed_at_the_handshake_deadline(serve):
 
 
 def test_preauth_connections_are_admitted_like_any_other(serve):
-    server = _cookie_server(serve, limits__max_pending_per_source=2)
+    server = cookie_server(serve, limits__max_pending_per_source=2)
     held = [tcp(server.port, source(2)) for _ in range(2)]
     for sock in held:
         sock.sendall(b"POST /ws/preauth HTTP/1.1\r\n")  # an unfinished preauth holds a pending slot
@@ -284,7 +210,7 @@ def test_preauth_connections_are_admitted_like_any_other(serve):
 
 
 def test_an_operator_authenticator_issues_tickets_from_the_sites_own_session(serve):
-    server = _cookie_server(serve, cookie__authenticator="sample_apps:session_authenticator", server__app="sample_apps:whoami")
+    server = cookie_server(serve, cookie__authenticator="sample_apps:session_authenticator", server__app="sample_apps:whoami")
     status, _, _ = post(server.port, headers={"Cookie": "session=nobody"})
     assert status == 401
     status, headers, body = post(server.port, headers={"Cookie": "session=s3cret-session-of-bob"})
