@@ -145,3 +145,27 @@ def test_the_web_app_helper_issues_what_the_server_accepts():
     assert name == "__Host-guarded_ws_ticket"
     assert header.endswith("; Max-Age=20; Path=/; HttpOnly; SameSite=Strict; Secure")
     assert _tickets().verify(value, csrf, NOW + 19).subject == "carol"
+
+
+def test_signature_and_csrf_token_are_compared_in_constant_time(monkeypatch):
+    """Both secrets the peer sends are checked with hmac.compare_digest, never with ==."""
+    import hmac as real_hmac
+
+    from guarded_ws import tickets as module
+
+    compared: list[tuple[object, object]] = []
+
+    class Recording:
+        digest = staticmethod(real_hmac.digest)
+
+        @staticmethod
+        def compare_digest(a, b):
+            compared.append((a, b))
+            return real_hmac.compare_digest(a, b)
+
+    tickets = _tickets()
+    ticket = tickets.issue("alice", NOW)
+    monkeypatch.setattr(module, "hmac", Recording)
+    tickets.verify(ticket.value, ticket.csrf, NOW)
+    mac = ticket.value.rpartition(".")[2]
+    assert compared == [(mac, mac), (ticket.csrf.encode(), ticket.csrf.encode())]
