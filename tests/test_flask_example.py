@@ -8,7 +8,7 @@ from pathlib import Path
 from websockets.frames import Opcode
 
 from support import SECRET, read_frame, source
-from cookie_support import ORIGIN, cookie_server, open_socket
+from cookie_support import cookie_server, open_socket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 

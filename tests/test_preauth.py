@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from http import HTTPStatus
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guarded_ws.config import ConfigError, load_config
@@ -195,3 +197,88 @@ def test_tickets_need_a_secret_of_32_bytes_whatever_checks_the_tokens():
     with pytest.raises(ConfigError) as caught:
         build_server(config, nofile=1024)
     assert caught.value.key == "auth.secret" and "32 bytes" in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def cookie_server():
+    from support import ServerThread, make_config
+
+    server = ServerThread(
+        make_config(
+            cookie__enabled=True,
+            server__allowed_origins=[ORIGIN],
+            cookie__preauth_rate=1e6,
+            cookie__preauth_burst=1_000_000,
+            cookie__max_body_bytes=64,
+            limits__max_request_bytes=1024,
+            limits__handshake_timeout=2,
+        )
+    )
+    yield server
+    server.stop()
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_LINES = st.sampled_from(
+    [
+        b"POST /ws/preauth HTTP/1.1\r\n",
+        b"OPTIONS /ws/preauth HTTP/1.1\r\n",
+        b"PUT /elsewhere HTTP/1.1\r\n",
+        b"POST /ws/preauth?csrf=x HTTP/1.0\r\n",
+    ]
+)
+_HEADERS = st.sampled_from(
+    [
+        b"Origin: https://app.example.com\r\n",
+        b"Origin: https://evil.example\r\n",
+        b"Authorization: Bearer nonsense\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: 99999\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b" folded\r\n",
+        b"Cookie: a=b; guarded_ws_ticket=v1.x\r\n",
+    ]
+)
+_BYTES = st.binary(max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    line=st.one_of(_LINES, _BYTES.map(lambda junk: b"P" + junk + b"\r\n")),  # not a G: the preauth reader's
+    headers=st.lists(_HEADERS, max_size=6),
+    junk=st.one_of(st.just(b""), _BYTES.map(lambda junk: junk + b"\r\n")),
+    body=_BYTES,
+    cut=st.integers(1, 64),
+)
+def test_arbitrary_preauth_requests_get_a_documented_answer_and_leave_nothing_behind(
+    cookie_server, line, headers, junk, body, cut
+):
+    """Whatever a non-GET request holds, split anywhere: an HTTP status we document, or a close; no bug logged."""
+    from support import read_response_head, status_of, tcp, wait_for
+
+    errors = _Errors()
+    logging.getLogger("guarded_ws").addHandler(errors)
+    try:
+        data = line + b"".join(headers) + junk + b"\r\n" + body
+        sock = tcp(cookie_server.port)
+        try:
+            for start in range(0, len(data), cut):
+                sock.sendall(data[start : start + cut])
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # answered and closed before the rest was sent
+        status = status_of(read_response_head(sock))
+        sock.close()
+        assert status in (None, 400, 401, 403, 404, 405, 408, 413, 431)
+        wait_for(cookie_server.idle_state, what="nothing pending")
+        assert errors.records == []
+    finally:
+        logging.getLogger("guarded_ws").removeHandler(errors)
