@@ -73,7 +73,8 @@ def build_browser_path(
         raise ConfigError("auth.secret", f"cookie.enabled signs tickets with it: at least {MIN_SECRET_BYTES} bytes")
     replay = ReplayCache(auth.replay_cache_size) if cookie.single_use else None
     tickets = Tickets(key, ttl=cookie.ttl, leeway=auth.leeway, replay_cache=replay)
-    name = cookie_name(cookie.name, secure=cookie.secure, domain=cookie.domain)
+    secure = cookie.secure  # browsers reach us over TLS: the one switch for Secure and __Host-
+    name = cookie_name(cookie.name, secure=secure, domain=cookie.domain)
     if cookie.authenticator is not None:
         authenticate = preauth.hook(import_object(cookie.authenticator, "authenticator"))
     else:
@@ -87,7 +88,7 @@ def build_browser_path(
         path=cookie.preauth_path,
         tickets=tickets,
         cookie_name=name,
-        secure=cookie.secure,
+        secure=secure,
         domain=cookie.domain,
         authenticate=authenticate,
         rate=AcceptRate(cookie.preauth_rate, cookie.preauth_burst),
@@ -119,7 +120,9 @@ def build_server(config: Config, *, secret: str | None = None, nofile: int, metr
     pending_total, connections_total = derive_connection_caps(config.limits, nofile)
     metrics = metrics if metrics is not None else Metrics()
     verifier = build_verifier(config, secret)
-    endpoint, cookie_auth = build_browser_path(config, verifier, metrics, secret) if config.cookie.enabled else (None, None)
+    endpoint, cookie_auth = None, None
+    if config.cookie.enabled:
+        endpoint, cookie_auth = build_browser_path(config, verifier, metrics, secret)
     return Server(
         config,
         app=build_app(config),
