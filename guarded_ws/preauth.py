@@ -182,7 +182,8 @@ class Preauth:
         attempts = self.metrics.auth_attempts
         try:
             identity = self.authenticate(request, now)
-            ticket = self.tickets.issue(identity.subject, now, ttl=min(self.tickets.ttl, identity.expires_at - now))
+            lifetime = min(self.tickets.ttl, identity.expires_at - now)
+            ticket = self.tickets.issue(identity.subject, now, ttl=lifetime, until=identity.expires_at)
         except AuthError as exc:
             attempts[(METHOD, exc.result)].inc()
             return _refusal(HTTPStatus.UNAUTHORIZED, ("WWW-Authenticate", "Bearer"))

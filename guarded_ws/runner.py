@@ -73,7 +73,7 @@ def build_browser_path(
         raise ConfigError("auth.secret", f"cookie.enabled signs tickets with it: at least {MIN_SECRET_BYTES} bytes")
     replay = ReplayCache(auth.replay_cache_size) if cookie.single_use else None
     tickets = Tickets(key, ttl=cookie.ttl, leeway=auth.leeway, replay_cache=replay)
-    secure = cookie.secure  # browsers reach us over TLS: the one switch for Secure and __Host-
+    secure = cookie.secure or config.tls.enabled  # browsers reach us over TLS: Secure and __Host-
     name = cookie_name(cookie.name, secure=secure, domain=cookie.domain)
     if cookie.authenticator is not None:
         authenticate = preauth.hook(import_object(cookie.authenticator, "authenticator"))

@@ -1,6 +1,7 @@
 """WebSocket tickets: the signed, expiring cookie of the browser path, and its CSRF token.
 
-A ticket names a subject and an expiry, and is signed with HMAC-SHA256 under a key
+A ticket names a subject, its own expiry (it only has to last until the upgrade) and
+the end of the credential it was issued for (the connection is closed then), and is signed with HMAC-SHA256 under a key
 derived from the shared secret. Its CSRF token is a second MAC of the same signed
 text under a second derived key: it is bound to that one ticket, nothing about it is
 stored, and a token from another ticket never matches. The browser keeps the ticket
@@ -27,7 +28,7 @@ VERSION = "v1"
 DEFAULT_NAME = "guarded_ws_ticket"
 MIN_SECRET_BYTES = 32  # as for HS256: no shorter than the digest
 MAX_SUBJECT_BYTES = 256
-# A ticket is about 100 bytes plus the subject; anything much longer is not one of ours.
+# A ticket is about 110 bytes plus the subject; anything much longer is not one of ours.
 MAX_TICKET_CHARS = 160 + (MAX_SUBJECT_BYTES * 4 + 2) // 3
 _NONCE_BYTES = 16
 
@@ -59,7 +60,8 @@ class Tickets:
         self.leeway = leeway
         self.replay_cache = replay_cache
 
-    def issue(self, subject: str, now: float, *, ttl: float | None = None) -> Ticket:
+    def issue(self, subject: str, now: float, *, ttl: float | None = None, until: float = math.inf) -> Ticket:
+        """``until``: when the credential behind the ticket ends, and so the connection it opens."""
         lifetime = self.ttl if ttl is None else ttl
         if not 0 < lifetime <= self.ttl:
             raise ValueError(f"ttl must be in (0, {self.ttl}], got {lifetime}")
@@ -67,7 +69,8 @@ class Tickets:
         if not encoded or len(encoded) > MAX_SUBJECT_BYTES:
             raise ValueError(f"subject: a non-empty string of at most {MAX_SUBJECT_BYTES} bytes in UTF-8")
         expires_at = math.ceil(now + lifetime)
-        signed = f"{VERSION}.{expires_at}.{_b64(os.urandom(_NONCE_BYTES))}.{_b64(encoded)}"
+        bound = 0 if until == math.inf else max(1, math.floor(until))  # 0: none
+        signed = f"{VERSION}.{expires_at}.{bound}.{_b64(os.urandom(_NONCE_BYTES))}.{_b64(encoded)}"
         return Ticket(f"{signed}.{self._mac(signed)}", self._csrf(signed), float(expires_at))
 
     def verify(self, value: str, csrf: str | None, now: float) -> Identity:
@@ -76,11 +79,11 @@ class Tickets:
             raise AuthError("invalid", "ticket malformed")
         signed, _, mac = value.rpartition(".")
         parts = signed.split(".")
-        if len(parts) != 4 or parts[0] != VERSION:
+        if len(parts) != 5 or parts[0] != VERSION:
             raise AuthError("invalid", "ticket malformed")
         if not hmac.compare_digest(self._mac(signed), mac):
             raise AuthError("invalid", "ticket signature does not match")
-        _, expiry, nonce, encoded = parts
+        _, expiry, bound, nonce, encoded = parts
         expires_at = float(expiry)  # digits only: we signed it
         if expires_at + self.leeway <= now:
             raise AuthError("expired", "ticket expired")
@@ -93,7 +96,9 @@ class Tickets:
         if self.replay_cache is not None and not self.replay_cache.consume(nonce, expires_at + self.leeway, now):
             raise AuthError("replayed", "ticket already used (or replay cache full)")
         subject = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-        return Identity(subject, MappingProxyType({"sub": subject, "exp": expires_at}), expires_at)
+        until = float(bound) or math.inf
+        claims = {"sub": subject} if until == math.inf else {"sub": subject, "exp": until}
+        return Identity(subject, MappingProxyType(claims), until)
 
     def _mac(self, signed: str) -> str:
         return _b64(hmac.digest(self._ticket_key, signed.encode(), "sha256"))
@@ -127,15 +132,19 @@ def issue(
     ttl: float = 30.0,
     name: str = DEFAULT_NAME,
     domain: str | None = None,
+    until: float | None = None,
     now: float | None = None,
 ) -> tuple[str, str]:
     """``(csrf, set_cookie_header)`` for a web app that issues tickets itself, with guarded-ws's secret.
 
     Give the page ``csrf`` (it opens ``/ws?csrf=...``) and send the header as ``Set-Cookie``.
     ``secure``, ``name`` and ``domain`` must match the server's ``[cookie]`` settings, and
-    ``ttl`` must not exceed its ``cookie.ttl``.
+    ``ttl`` must not exceed its ``cookie.ttl``. ``until`` is when the user's session ends
+    (wall-clock seconds): the connection is closed then, with 4401; None, it lives until closed.
     """
-    ticket = Tickets(secret, ttl=ttl).issue(subject, time.time() if now is None else now)
+    ticket = Tickets(secret, ttl=ttl).issue(
+        subject, time.time() if now is None else now, until=math.inf if until is None else until
+    )
     cookie = cookie_name(name, secure=secure, domain=domain)
     return ticket.csrf, set_cookie(cookie, ticket.value, max_age=ttl, secure=secure, domain=domain)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,8 +30,17 @@ def test_a_ticket_verifies_with_its_own_csrf_token():
     ticket = tickets.issue("alice", NOW)
     identity = tickets.verify(ticket.value, ticket.csrf, NOW + 29)
     assert identity.subject == "alice"
-    assert identity.expires_at == ticket.expires_at == NOW + 30
-    assert dict(identity.claims) == {"sub": "alice", "exp": NOW + 30}
+    assert ticket.expires_at == NOW + 30
+    assert identity.expires_at == math.inf  # no credential behind it that ends: the connection lives on
+    assert dict(identity.claims) == {"sub": "alice"}
+
+
+def test_a_ticket_carries_when_the_credential_behind_it_ends():
+    tickets = _tickets()
+    ticket = tickets.issue("alice", NOW, until=NOW + 600.5)
+    identity = tickets.verify(ticket.value, ticket.csrf, NOW)
+    assert identity.expires_at == NOW + 600  # whole seconds, never later than the credential
+    assert dict(identity.claims) == {"sub": "alice", "exp": NOW + 600}
 
 
 def test_every_ticket_and_token_is_new():
@@ -46,7 +57,7 @@ def test_an_expired_ticket_is_refused_leeway_included():
     assert _result(lambda: lenient.verify(ticket.value, ticket.csrf, NOW + 35)) == "expired"
 
 
-@pytest.mark.parametrize("part", [1, 2, 3, 4])  # expiry, nonce, subject, signature
+@pytest.mark.parametrize("part", [1, 2, 3, 4, 5])  # expiry, credential's end, nonce, subject, signature
 def test_a_tampered_ticket_is_invalid(part):
     tickets = _tickets()
     ticket = tickets.issue("alice", NOW)
@@ -58,10 +69,12 @@ def test_a_tampered_ticket_is_invalid(part):
 def test_a_longer_life_is_a_forgery_even_when_signed():
     """A stolen ticket must not outlive its ttl, so the exp cannot be moved: the signature covers it."""
     tickets = _tickets()
-    ticket = tickets.issue("alice", NOW)
-    version, expiry, nonce, subject, mac = ticket.value.split(".")
-    later = ".".join([version, str(int(expiry) + 3600), nonce, subject, mac])
+    ticket = tickets.issue("alice", NOW, until=NOW + 60)
+    version, expiry, until, nonce, subject, mac = ticket.value.split(".")
+    later = ".".join([version, str(int(expiry) + 3600), until, nonce, subject, mac])
     assert _result(lambda: tickets.verify(later, ticket.csrf, NOW)) == "invalid"
+    longer = ".".join([version, expiry, "0", nonce, subject, mac])  # the connection's bound, dropped
+    assert _result(lambda: tickets.verify(longer, ticket.csrf, NOW)) == "invalid"
 
 
 def test_a_ticket_longer_than_the_ttl_is_invalid():
@@ -139,12 +152,13 @@ def test_set_cookie_attributes():
 
 
 def test_the_web_app_helper_issues_what_the_server_accepts():
-    csrf, header = issue("carol", secret=SECRET, secure=True, ttl=20, now=NOW)
+    csrf, header = issue("carol", secret=SECRET, secure=True, ttl=20, until=NOW + 3600, now=NOW)
     name, _, rest = header.partition("=")
     value = rest.partition(";")[0]
     assert name == "__Host-guarded_ws_ticket"
     assert header.endswith("; Max-Age=20; Path=/; HttpOnly; SameSite=Strict; Secure")
-    assert _tickets().verify(value, csrf, NOW + 19).subject == "carol"
+    identity = _tickets().verify(value, csrf, NOW + 19)
+    assert (identity.subject, identity.expires_at) == ("carol", NOW + 3600)
 
 
 def test_signature_and_csrf_token_are_compared_in_constant_time(monkeypatch):

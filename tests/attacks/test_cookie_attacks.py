@@ -14,7 +14,19 @@ import pytest
 from websockets.frames import Opcode
 
 from cookie_support import ORIGIN, cookie_server, open_socket, post, preauth
-from support import SECRET, ServerProcess, frame, read_frame, read_response_head, source, status_of, tcp, token, wait_for
+from support import (
+    SECRET,
+    ServerProcess,
+    frame,
+    read_close,
+    read_frame,
+    read_response_head,
+    source,
+    status_of,
+    tcp,
+    token,
+    wait_for,
+)
 from guarded_ws.tickets import issue
 
 AUTHENTICATED = b'{"type": "authenticated", "subject": "alice"}'
@@ -75,8 +87,8 @@ def _expired_cookie(port: int) -> tuple[str, str]:
 
 def _tampered_cookie(port: int) -> tuple[str, str]:
     csrf, cookie = preauth(port)
-    version, expiry, nonce, subject, mac = cookie.split(".")
-    return csrf, ".".join([version, expiry, nonce, "cm9vdA", mac])  # "root"
+    version, expiry, until, nonce, subject, mac = cookie.split(".")
+    return csrf, ".".join([version, expiry, until, nonce, "cm9vdA", mac])  # "root"
 
 
 def _csrf_of_another_cookie(port: int) -> tuple[str, str]:
@@ -233,7 +245,7 @@ def test_no_csrf_token_or_cookie_reaches_the_log():
         other_csrf, other_cookie = preauth(server.port)
         for attempt in (
             {"cookie": cookie, "csrf": other_csrf},
-            {"cookie": cookie[:-2] + "AA", "csrf": csrf},
+            {"cookie": cookie[:-1] + ("B" if cookie.endswith("A") else "A"), "csrf": csrf},
             {"cookie": cookie, "csrf": csrf, "origin": "https://evil.example"},
             {"cookie": other_cookie, "csrf": None},
         ):
@@ -248,3 +260,17 @@ def test_no_csrf_token_or_cookie_reaches_the_log():
     for secret in (csrf, cookie, other_csrf, other_cookie, SECRET):
         for part in {secret, *secret.split(".")} - {"v1"}:
             assert part not in log  # ...without the credential
+
+
+def test_a_cookie_connection_ends_with_the_token_preauth_was_given(serve):
+    """A ticket lasts until the upgrade; the connection it opens lasts as long as the credential behind it."""
+    server = cookie_server(serve)
+    status, headers, body = post(server.port, headers={"Authorization": f"Bearer {token(ttl=2)}"})
+    assert status == 200 and json.loads(body)["expires_in"] <= 2
+    cookie = headers["Set-Cookie"].partition(";")[0].partition("=")[2]
+    sock, status = open_socket(server.port, cookie=cookie, csrf=json.loads(body)["csrf"])
+    assert status == 101 and read_frame(sock) == (Opcode.TEXT, AUTHENTICATED)
+    started = time.monotonic()
+    assert read_close(sock) == 4401  # credential expired
+    assert time.monotonic() - started < 5
+    assert server.metric("guarded_ws_deadline_expired_total", phase="credential") == 1
