@@ -173,7 +173,7 @@ class Config:
 
     @property
     def needs_dev_secret(self) -> bool:
-        """Nothing could check an HMAC token or sign a ticket: the CLI then makes a throwaway secret rather than fail."""
+        """Nothing could check an HMAC token or sign a ticket: the CLI then makes a throwaway secret, not fail."""
         auth = self.auth
         if auth.secret is not None:
             return False

@@ -167,7 +167,8 @@ async def start(config: Config, *, secret: str | None = None, nofile: int | None
     for host, port in server.addresses:
         log.info("listening on %s://%s:%d%s", scheme, _bracket(host), port, config.server.path)
         if config.cookie.demo:
-            log.info("demo page on %s://%s:%d/demo", "https" if server.tls is not None else "http", _bracket(host), port)
+            page = "https" if server.tls is not None else "http"
+            log.info("demo page on %s://%s:%d/demo", page, _bracket(host), port)
     if admin is not None:
         log.info("metrics on http://%s:%d/metrics", _bracket(config.metrics.host), admin.port)
     log.info(

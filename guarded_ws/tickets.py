@@ -108,7 +108,7 @@ class Tickets:
 
 
 def cookie_name(base: str, *, secure: bool, domain: str | None = None) -> str:
-    """``__Host-`` (or ``__Secure-`` with a Domain) over TLS: a cookie no sibling subdomain or plain-HTTP page can set."""
+    """``__Host-`` (``__Secure-`` with a Domain) over TLS: no sibling subdomain or plain-HTTP page can set it."""
     if not secure:
         return base
     return ("__Secure-" if domain else "__Host-") + base

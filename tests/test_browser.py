@@ -107,7 +107,8 @@ function attempt(name, url) {
 }
 (async () => {
   try {
-    const reply = await fetch(target.replace("ws:", "http:") + "/ws/preauth", { method: "POST", credentials: "include" });
+    const preauth = target.replace("ws:", "http:") + "/ws/preauth";
+    const reply = await fetch(preauth, { method: "POST", credentials: "include" });
     results.preauth = "read " + reply.status;
   } catch (error) {
     results.preauth = "blocked";

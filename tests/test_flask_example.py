@@ -45,6 +45,7 @@ def test_with_tls_the_cookie_is_host_prefixed_and_secure(serve):
     header = reply.headers["Set-Cookie"]
     assert header.startswith("__Host-guarded_ws_ticket=") and header.endswith("; Secure")
     value = header.partition(";")[0].partition("=")[2]
-    sock, status = open_socket(server.port, cookie=value, csrf=reply.get_json()["csrf"], name="__Host-guarded_ws_ticket")
+    csrf = reply.get_json()["csrf"]
+    sock, status = open_socket(server.port, cookie=value, csrf=csrf, name="__Host-guarded_ws_ticket")
     assert status == 101
     assert read_frame(sock) == (Opcode.TEXT, b'{"type": "authenticated", "subject": "dora"}')

@@ -47,7 +47,8 @@ def test_a_request_split_anywhere_reads_the_same(cuts):
             assert reader.body() is None
     assert reader.head is not None
     method, target, headers = reader.head
-    assert (method, target, headers["origin"], headers["Authorization"]) == ("POST", "/ws/preauth", ORIGIN, "Bearer t0k3n")
+    assert (method, target) == ("POST", "/ws/preauth")
+    assert (headers["origin"], headers["Authorization"]) == (ORIGIN, "Bearer t0k3n")
     assert reader.body() == b"body"
 
 
@@ -125,7 +126,8 @@ def test_a_good_request_gets_a_ticket_and_no_cors_header():
     assert b"Set-Cookie: ticket=v1." in response and b"HttpOnly; SameSite=Strict; Secure" in response
     assert b'"expires_in": 30' in response and b'"csrf": "' in response
     assert b"Access-Control" not in response and b"Cache-Control: no-store" in response
-    assert metrics.registry.get_sample_value("guarded_ws_auth_attempts_total", {"method": "preauth", "result": "ok"}) == 1
+    ok = {"method": "preauth", "result": "ok"}
+    assert metrics.registry.get_sample_value("guarded_ws_auth_attempts_total", ok) == 1
 
 
 @pytest.mark.parametrize(

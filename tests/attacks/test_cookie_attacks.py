@@ -147,9 +147,10 @@ def test_a_single_use_ticket_is_refused_the_second_time(serve):
 
 def test_preauth_refuses_foreign_origins_preflights_and_bad_credentials(serve):
     server = cookie_server(serve)
-    status, headers, _ = post(server.port, origin="https://evil.example", headers={"Authorization": f"Bearer {token()}"})
+    bearer = {"Authorization": f"Bearer {token()}"}
+    status, headers, _ = post(server.port, origin="https://evil.example", headers=bearer)
     assert status == 403 and "Set-Cookie" not in headers
-    status, headers, _ = post(server.port, origin=None, headers={"Authorization": f"Bearer {token()}"})
+    status, headers, _ = post(server.port, origin=None, headers=bearer)
     assert status == 403 and "Set-Cookie" not in headers
     status, headers, _ = post(
         server.port,
@@ -222,7 +223,8 @@ def test_preauth_connections_are_admitted_like_any_other(serve):
 
 
 def test_an_operator_authenticator_issues_tickets_from_the_sites_own_session(serve):
-    server = cookie_server(serve, cookie__authenticator="sample_apps:session_authenticator", server__app="sample_apps:whoami")
+    hook = "sample_apps:session_authenticator"
+    server = cookie_server(serve, cookie__authenticator=hook, server__app="sample_apps:whoami")
     status, _, _ = post(server.port, headers={"Cookie": "session=nobody"})
     assert status == 401
     status, headers, body = post(server.port, headers={"Cookie": "session=s3cret-session-of-bob"})
@@ -274,3 +276,36 @@ def test_a_cookie_connection_ends_with_the_token_preauth_was_given(serve):
     assert read_close(sock) == 4401  # credential expired
     assert time.monotonic() - started < 5
     assert server.metric("guarded_ws_deadline_expired_total", phase="credential") == 1
+
+
+def test_over_tls_the_cookie_is_host_prefixed_and_secure(serve, tmp_path):
+    """With [tls] the browser path needs no cookie.secure: the server knows browsers reach it over TLS."""
+    import pki
+    from websockets.sync.client import connect
+
+    ca = pki.CA()
+    cert_file, key_file = ca.server().write(tmp_path, "server")
+    server = cookie_server(serve, tls__cert_file=cert_file, tls__key_file=key_file)
+    context = pki.client_context(ca, None, tmp_path)
+    sock = context.wrap_socket(tcp(server.port), server_hostname="localhost")
+    lines = ["POST /ws/preauth HTTP/1.1", "Host: localhost", f"Origin: {ORIGIN}", f"Authorization: Bearer {token()}"]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    (set_cookie,) = [line for line in head.decode().split("\r\n") if line.startswith("Set-Cookie: ")]
+    assert set_cookie.startswith("Set-Cookie: __Host-guarded_ws_ticket=v1.")
+    assert set_cookie.endswith("; Path=/; HttpOnly; SameSite=Strict; Secure")
+    cookie = set_cookie.removeprefix("Set-Cookie: ").partition(";")[0]
+    with connect(
+        f"wss://localhost:{server.port}/ws?csrf={json.loads(body)['csrf']}",
+        sock=tcp(server.port),
+        ssl=context,
+        server_hostname="localhost",
+        origin=ORIGIN,
+        additional_headers={"Cookie": cookie},
+        compression=None,
+        open_timeout=10,
+    ) as ws:
+        assert json.loads(ws.recv(timeout=10)) == {"type": "authenticated", "subject": "alice"}
