@@ -90,7 +90,7 @@ class Admission:
     def pending(self, key: SourceKey) -> int:
         return self._by_source.get(key, 0)
 
-    def check(self, key: SourceKey) -> Verdict:
+    def check(self, key: SourceKey | None) -> Verdict:
         """Decide without counting; the caller then calls :meth:`take` for ADMIT or EVICT.
 
         The per-source cap comes first: a source at its cap must not push out
@@ -102,11 +102,25 @@ class Admission:
             return Verdict.ADMIT
         return Verdict.EVICT if self.evict else Verdict.REJECT_GLOBAL
 
-    def take(self, key: SourceKey) -> None:
-        self._by_source[key] = self._by_source.get(key, 0) + 1
+    def take(self, key: SourceKey | None) -> None:
+        """Count a connection; ``None``: its source is not known yet (a trusted proxy's, before
+        the PROXY header), so only the global cap counts it until :meth:`assign`."""
+        if key is not None:
+            self._by_source[key] = self._by_source.get(key, 0) + 1
         self._total += 1
 
-    def release(self, key: SourceKey) -> None:
+    def assign(self, key: SourceKey) -> bool:
+        """Give a connection taken with ``None`` its source, unless that source is at its cap."""
+        count = self._by_source.get(key, 0)
+        if count >= self.max_per_source:
+            return False
+        self._by_source[key] = count + 1
+        return True
+
+    def release(self, key: SourceKey | None) -> None:
+        if key is None:
+            self._total -= 1
+            return
         count = self._by_source[key] - 1
         if count:
             self._by_source[key] = count

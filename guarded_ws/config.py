@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, get_type_hints
 
 from .certs import SUBJECT_FIELDS, normalize_fingerprint
+from .proxies import TrustedProxies
 
 SECRET_ENV = "GUARDED_WS_SECRET"
 RELAY_SECRET_ENV = "GUARDED_WS_RELAY_SECRET"
@@ -64,6 +65,8 @@ class ServerConfig:
     loop: str = "uvloop"
     app: str = "echo"  # or "module:function"
     log_level: str = "info"
+    proxy_protocol: str = "off"  # "optional" or "required": a PROXY header from trusted_proxies names the client
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +447,7 @@ _RULES: dict[str, _Rule] = {
         'must be "echo", "relay" or "module:function"',
     ),
     "server.log_level": _one_of("debug", "info", "warning", "error"),
+    "server.proxy_protocol": _one_of("off", "optional", "required"),
     "limits.handshake_timeout": _POSITIVE,
     "limits.auth_timeout": _POSITIVE,
     "limits.max_request_bytes": _at_least(256),
@@ -527,6 +531,7 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
     server, limits, auth = values["server"], values["limits"], values["auth"]
     server["allowed_origins"] = tuple(_origin(entry) for entry in server["allowed_origins"])
     _check_caps(limits)
+    _check_proxies(server["proxy_protocol"], server["trusted_proxies"])
     _check_algorithms(auth["algorithms"])
     _check_public_key(auth["algorithms"], auth["public_key_file"])
     _check_tls(values["tls"])
@@ -594,6 +599,18 @@ def _check_caps(limits: dict[str, Any]) -> None:
     ):
         if limits[total] is not None and limits[cap] > limits[total]:
             raise ConfigError(f"limits.{cap}", f"must be <= limits.{total} (got {limits[cap]} > {limits[total]})")
+
+
+def _check_proxies(mode: str, cidrs: tuple[str, ...]) -> None:
+    key = "server.trusted_proxies"
+    for cidr in cidrs:
+        try:
+            TrustedProxies([cidr])
+        except ValueError as exc:
+            raise ConfigError(key, f"each entry must be a network such as 10.0.0.0/8 ({exc})") from None
+    if mode != "off" and not cidrs:
+        # With nobody trusted, "required" would refuse every peer and "optional" would do nothing.
+        raise ConfigError(key, f'must not be empty when server.proxy_protocol is "{mode}"')
 
 
 def _check_algorithms(algorithms: tuple[str, ...]) -> None:

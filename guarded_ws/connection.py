@@ -35,6 +35,7 @@ from .certs import CertificateRefused
 from .codes import Close, http_refusal
 from .cookie_auth import CookieRefused
 from .deadlines import Timed
+from .proxy_protocol import ProxyError, parse, starts_like_header
 from .session import ConnectionClosed, Message, Session
 from .replay_store import ReplayStoreUnavailable
 from .tokens import AuthError, Identity
@@ -104,6 +105,7 @@ class Connection(asyncio.Protocol, Timed):
         "tls_sock",
         "certificate",
         "http",
+        "proxy_head",
         "_fragments",
         "_fragment_op",
         "_held",
@@ -127,6 +129,7 @@ class Connection(asyncio.Protocol, Timed):
         self.tls_sock: socket.socket | None = None  # the raw socket while the TLS handshake runs
         self.certificate: Identity | None = None  # a verified client certificate: authenticates at the upgrade
         self.http: RequestReader | None = None  # a preauth POST, read by guarded_ws.preauth
+        self.proxy_head = b""  # a PROXY header that is still arriving
         self._fragments: bytearray | None = None
         self._fragment_op = _TEXT
         self._held: list[Frame] | None = None  # frames behind a credential the replay store is checking
@@ -167,6 +170,10 @@ class Connection(asyncio.Protocol, Timed):
             self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
             self._check_preauth_budget()
         elif phase is _HANDSHAKE:
+            if self.ws is None and self.server.proxies is not None:
+                data = self._on_proxy_data(data)
+                if not data:
+                    return
             self._on_handshake_data(data)
         elif self.ws is not None and not self.ws.reader.eof:
             # CLOSING: the peer's close frame completes the closing handshake.
@@ -220,6 +227,41 @@ class Connection(asyncio.Protocol, Timed):
         except CertificateRefused as exc:
             server.tls_failed(self, exc.reason)
             self._close_transport()
+
+    def _on_proxy_data(self, data: bytes) -> bytes:
+        """Before the request: a trusted proxy's PROXY header names the client; anyone else's
+        closes the connection. Returns what follows the header.
+
+        The header counts against the handshake deadline and ``max_request_bytes``. A
+        connection with no source yet is a trusted proxy's (see Server._accept).
+        """
+        server = self.server
+        if self.source is not None:  # not a trusted proxy's connection, or its header is done
+            if starts_like_header(data):
+                self._refuse(b"", "proxy_untrusted")
+                return b""
+            return data
+        head = self.proxy_head + data if self.proxy_head else data
+        begins = server.proxy_required or starts_like_header(head) is not False
+        try:
+            header = parse(head, server.max_request_bytes) if begins else None
+        except ProxyError as exc:
+            self._refuse(b"", "proxy_" + exc.reason)
+            return b""
+        if begins and header is None:
+            self.proxy_head = head
+            self.received = len(head)
+            return b""
+        self.proxy_head = b""
+        # No header (optional), or one that names no client (LOCAL health checks): the proxy's own address.
+        client = header.source if header is not None else None
+        reason = server.admit_client(self, client[0] if client is not None else self.host)
+        if reason is not None:
+            self._refuse(server.too_many, None)
+            return b""
+        used = header.length if header is not None else 0
+        self.received = used
+        return self._on_proxy_data(head[used:]) if used < len(head) else b""  # no second header
 
     def _on_handshake_data(self, data: bytes) -> None:
         server = self.server

@@ -38,6 +38,9 @@ REJECT_REASONS = (
     "method",
     "body_too_large",
     "preauth_rate",
+    "proxy_untrusted",
+    "proxy_missing",
+    "proxy_malformed",
 )
 PENDING_PHASES = ("handshake", "auth")
 # "credential": an authenticated connection closed (4401) when its token or certificate expired.

@@ -28,6 +28,7 @@ from .demo import own_origins
 from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
 from .preauth import Preauth
+from .proxies import TrustedProxies
 from .rate import AcceptRate
 from .replay_store import SharedReplayStore
 from .session import ConnectionClosed, Session
@@ -97,6 +98,10 @@ class Server:
             else None
         )
         self.max_connections_total = max_connections_total
+        # PROXY protocol: the trusted proxies' headers name the source; nobody else's do.
+        proxy_mode = config.server.proxy_protocol
+        self.proxies = TrustedProxies(config.server.trusted_proxies) if proxy_mode != "off" else None
+        self.proxy_required = proxy_mode == "required"
 
         Queue = DeadlineQueue[Connection]
         self.handshaking = Queue("handshake", limits.handshake_timeout)
@@ -116,10 +121,10 @@ class Server:
         self._per_subject: dict[str, int] = {}
 
         retry = limits.retry_after
-        self._too_many = http_refusal(HTTPStatus.TOO_MANY_REQUESTS, retry)
+        self.too_many = http_refusal(HTTPStatus.TOO_MANY_REQUESTS, retry)
         self.unavailable = http_refusal(HTTPStatus.SERVICE_UNAVAILABLE, retry)
         self._refusals = {
-            Verdict.REJECT_SOURCE: (self._too_many, "per_source_cap"),
+            Verdict.REJECT_SOURCE: (self.too_many, "per_source_cap"),
             Verdict.REJECT_GLOBAL: (self.unavailable, "global_cap"),
             Verdict.EVICT: (self.unavailable, "global_cap"),
         }
@@ -231,9 +236,13 @@ class Server:
                 continue
             metrics.accepted.inc()
             host = address[0]
-            source = self.source_key(host)
-            if self.accept_rate is not None and not self.accept_rate.allow(source, now):
-                self._refuse(sock, self._too_many, "per_source_rate", host)
+            # A trusted proxy's connection has no source until its PROXY header names the client.
+            source = None if self.proxies is not None and host in self.proxies else self.source_key(host)
+            if source is not None and self.proxy_required:
+                self._refuse(sock, b"", "proxy_untrusted", host)
+                continue
+            if source is not None and self.accept_rate is not None and not self.accept_rate.allow(source, now):
+                self._refuse(sock, self.too_many, "per_source_rate", host)
                 continue
             verdict = admission.check(source)
             if verdict is not Verdict.ADMIT and not (verdict is Verdict.EVICT and self._evict_oldest()):
@@ -269,6 +278,9 @@ class Server:
         except OSError:
             pass
         sock.close()
+        self._count_refused(reason, host)
+
+    def _count_refused(self, reason: str, host: str) -> None:
         self.metrics.rejected[reason].inc()
         self.events.log(logging.INFO, reason, "refused %s: %s", host, reason)
 
@@ -296,6 +308,23 @@ class Server:
         self.loop.call_later(self._backoff, self._resume_accepting)
 
     # Called by connections
+
+    def admit_client(self, conn: Connection, host: str) -> str | None:
+        """A trusted proxy named the client: the per-source checks that waited for it run now.
+
+        Returns the refusal reason (the connection answers 429), or None once the
+        connection counts under the client's source.
+        """
+        source = self.source_key(host)
+        if self.accept_rate is not None and not self.accept_rate.allow(source, self.clock()):
+            reason = "per_source_rate"
+        elif not self.admission.assign(source):
+            reason = "per_source_cap"
+        else:
+            conn.source, conn.host = source, host
+            return None
+        self._count_refused(reason, host)
+        return reason
 
     def leave_pending(self, conn: Connection) -> None:
         if conn.pending:

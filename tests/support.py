@@ -52,6 +52,31 @@ def tcp(port: int, src: str = "127.0.0.1", timeout: float = 5.0) -> socket.socke
     return sock
 
 
+def proxy_v1(src: tuple[str, int], dst: tuple[str, int] = ("127.0.0.1", 8765)) -> bytes:
+    """A PROXY protocol v1 header, as a load balancer sends it in front of the client's bytes."""
+    family = "TCP6" if ":" in src[0] else "TCP4"
+    return f"PROXY {family} {src[0]} {dst[0]} {src[1]} {dst[1]}\r\n".encode()
+
+
+def proxy_v2(
+    src: tuple[str, int] | None,
+    dst: tuple[str, int] = ("127.0.0.1", 8765),
+    *,
+    tlvs: bytes = b"",
+) -> bytes:
+    """A PROXY protocol v2 header; ``src=None`` makes a LOCAL one (a health check's)."""
+    from guarded_ws.proxy_protocol import V2_SIGNATURE
+
+    if src is None:
+        return V2_SIGNATURE + bytes([0x20, 0x00]) + struct.pack("!H", len(tlvs)) + tlvs
+    family = socket.AF_INET6 if ":" in src[0] else socket.AF_INET
+    block = (
+        socket.inet_pton(family, src[0]) + socket.inet_pton(family, dst[0]) + struct.pack("!HH", src[1], dst[1])
+    )
+    fam = 0x21 if family == socket.AF_INET6 else 0x11
+    return V2_SIGNATURE + bytes([0x21, fam]) + struct.pack("!H", len(block) + len(tlvs)) + block + tlvs
+
+
 def upgrade_request(path: str = "/ws", *, headers: dict[str, str] | None = None) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [

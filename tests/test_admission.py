@@ -98,3 +98,18 @@ def test_caps_are_validated():
         Admission(max_per_source=0, max_total=1)
     with pytest.raises(ValueError):
         Admission(max_per_source=5, max_total=4)
+
+
+def test_a_connection_without_a_source_yet_counts_against_the_global_cap_only():
+    admission = Admission(max_per_source=1, max_total=3)
+    key = source_keyer()
+    admission.take(None)  # a trusted proxy's connection, before its PROXY header
+    admission.take(None)
+    assert admission.total == 2 and admission.sources == 0
+    assert admission.check(None) is Verdict.ADMIT
+    assert admission.assign(key("10.0.0.1"))
+    assert not admission.assign(key("10.0.0.1"))  # the client named by the second header is at its cap
+    admission.release(None)  # ... so that connection leaves without a source
+    assert admission.total == 1 and admission.pending(key("10.0.0.1")) == 1
+    admission.release(key("10.0.0.1"))
+    assert admission.total == 0 and admission.sources == 0
