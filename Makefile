@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 PROMTOOL := /usr/bin/promtool
 REDIS    := /usr/bin/redis-server
 CHROMIUM := /usr/bin/chromium
+HAPROXY  := /usr/sbin/haproxy
 
 .PHONY: run test clean
 
@@ -33,7 +34,11 @@ $(REDIS):
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(STAMP) $(PROMTOOL) $(REDIS) $(CHROMIUM)
+# haproxy runs deploy/haproxy.cfg in front of guarded-ws (tests/attacks/test_haproxy.py).
+$(HAPROXY):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+
+test: $(STAMP) $(PROMTOOL) $(REDIS) $(CHROMIUM) $(HAPROXY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
