@@ -26,7 +26,11 @@ After every callback, and at the end, it checks the invariants of issue 8:
 * a legitimate client's messages reach the app in order and come back, however its
   stream is cut.
 
-The PROXY protocol header is not fuzzed: guarded_ws does not parse one yet (issue 7).
+The PROXY protocol header phase has its own property (``scenario_proxy``): trusted and
+untrusted peers send well-formed, truncated, mutated, repeated or arbitrary headers in
+front of a session. Beyond the invariants above, a connection's source changes only on a
+trusted peer's header, to the address that header names, and a connection closed without
+a response (and without EOF) is one the PROXY rules refused and counted.
 
 Used two ways: ``tests/test_fuzz.py`` runs the properties with a modest number of
 examples in the suite (``GWS_FUZZ_EXAMPLES`` raises it), and this file is the long mode::
@@ -52,6 +56,7 @@ import json
 import logging
 import os
 import re
+import socket
 import struct
 import sys
 import time
@@ -69,6 +74,8 @@ from websockets.streams import StreamReader  # noqa: E402
 
 from guarded_ws.admission import Verdict  # noqa: E402
 from guarded_ws.connection import Connection, Phase  # noqa: E402
+from guarded_ws.proxies import TrustedProxies  # noqa: E402
+from guarded_ws.proxy_protocol import ProxyError, parse as parse_proxy_header  # noqa: E402
 from guarded_ws.runner import build_server  # noqa: E402
 from guarded_ws.server import Server  # noqa: E402
 from guarded_ws.session import INBOX_HIGH, ConnectionClosed, Session  # noqa: E402
@@ -105,7 +112,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "limits.max_connections_per_subject": 1,
     },
 }
-_CONFIGS = {name: make_config(**{**_COMMON, **extra}) for name, extra in PROFILES.items()}
+# The PROXY header phase (issue 7): peer 0 (127.0.0.2) is the trusted proxy, peer 1 (127.0.0.3) is not.
+PROXY_PROFILES: dict[str, dict[str, Any]] = {
+    "proxy_optional": {"server.proxy_protocol": "optional", "server.trusted_proxies": ["127.0.0.2/32"]},
+    "proxy_required": {
+        "server.proxy_protocol": "required",
+        "server.trusted_proxies": ["127.0.0.2/32"],
+        "limits.max_pending_per_source": 2,
+        "limits.max_pending_total": 3,
+    },
+}
+_CONFIGS = {name: make_config(**{**_COMMON, **extra}) for name, extra in {**PROFILES, **PROXY_PROFILES}.items()}
 ALLOWED_ORIGIN = "https://app.example"
 
 
@@ -645,6 +662,7 @@ class Run:
         server._drained = asyncio.Event()
         server._next_tick = self.clock()
         self.app_received: dict[int, list[str | bytes]] = {}
+        self.silent_closes = 0  # closed with no response and no EOF: PROXY refusals only
         if scenario.expect_echo is not None:
             server.app = self._recording_echo
         self.peers: list[Peer] = []
@@ -676,6 +694,7 @@ class Run:
                 await self._pump(peer)
             await self._settle()
             received = [self._check_outcome(peer) for peer in self.peers]
+            self._check_proxy()
             await self._teardown()
             self._check_clean()
             self._check_logs()
@@ -747,7 +766,11 @@ class Run:
             return
         server = self.server
         now = server.clock()
-        source = server.source_key(peer.host)
+        trusted = server.proxies is not None and peer.host in server.proxies
+        source = None if trusted else server.source_key(peer.host)
+        if source is not None and server.proxy_required:
+            peer.refused = True  # Server._refuse: closed at accept, nothing said
+            return
         verdict = server.admission.check(source)
         if verdict is not Verdict.ADMIT and not (verdict is Verdict.EVICT and server._evict_oldest()):
             peer.refused = True  # Server._refuse: a canned 429/503 on the raw socket, no Connection
@@ -876,7 +899,10 @@ class Run:
             # Nothing written: pending, or closed without a response only on EOF (or a closed server).
             check(not peer.ever_authenticated, where + "authenticated without a 101")
             if closed:
-                check(peer.eof_delivered, where + "closed without any response, and no EOF came")
+                if not peer.eof_delivered:
+                    # Only the PROXY rules close a connection silently; _check_proxy counts them.
+                    check(self.server.proxies is not None, where + "closed without any response, and no EOF came")
+                    self.silent_closes += 1
             else:
                 check(conn.phase is Phase.HANDSHAKE, where + f"nothing written in phase {conn.phase.name}")
             return got
@@ -929,9 +955,31 @@ class Run:
             check(conn.phase in (Phase.AUTH, Phase.OPEN, Phase.CLOSING), where + f"open in {conn.phase.name}")
         return got
 
+    def _check_proxy(self) -> None:
+        """The source changes only on a trusted peer's header, to the client it names."""
+        server = self.server
+        if server.proxies is None:
+            return
+        rejected = server.metrics.rejected
+        refused = sum(self._counter(rejected[r]) for r in ("proxy_untrusted", "proxy_missing", "proxy_malformed"))
+        check(self.silent_closes <= refused, f"{self.silent_closes} silent closes, {refused} PROXY refusals counted")
+        for peer in self.peers:
+            conn = peer.conn
+            if conn is None or conn.host == peer.host:
+                continue
+            where = f"connection {peer.index}: "
+            trusted = TrustedProxies(server.config.server.trusted_proxies)  # the configuration's word, not the server's
+            check(peer.host in trusted, where + f"an untrusted peer became {conn.host}")
+            header = _proxy_header(bytes(peer.delivered))
+            named = header.source[0] if header is not None and header.source is not None else None
+            check(conn.host == named, where + f"source {conn.host}, but the header names {named}")
+            check(conn.source == server.source_key(conn.host), where + "source key does not match its address")
+
     def _check_credential(self, peer: Peer, message: dict[str, Any]) -> None:
         where = f"connection {peer.index}: "
-        frame = first_data_frame(bytes(peer.delivered))
+        stream = bytes(peer.delivered)
+        header = _proxy_header(stream) if peer.conn is not None and self.server.proxies is not None else None
+        frame = first_data_frame(stream[header.length :] if header is not None else stream)
         check(frame is not None, where + "authenticated, but the peer sent no credential frame")
         assert frame is not None
         check(frame.opcode is Opcode.TEXT and frame.fin, where + "authenticated by a non-text or fragmented frame")
@@ -955,6 +1003,7 @@ class Run:
             414: rejected["headers_too_large"],
             431: rejected["headers_too_large"],
             408: self._counter(m.deadline_expired["handshake"]),
+            429: rejected["per_source_cap"] + rejected["per_source_rate"],  # after a PROXY header
             # 503: evicted, or shutting down; also a handshake deadline that passed before the
             # transport existed (connection_made answers 503 for any connection closed that early).
             503: self._counter(m.evicted["handshake"])
@@ -1077,6 +1126,14 @@ class Run:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.server._sweeper is not None:
             self.server._sweeper.cancel()
+
+
+def _proxy_header(stream: bytes) -> Any:
+    """The PROXY header at the start of what a peer sent, if there is a complete one."""
+    try:
+        return parse_proxy_header(stream, 1 << 16)
+    except ProxyError:
+        return None
 
 
 _CAP_REASONS = ("connections_cap", "source_connections_cap", "subject_connections_cap", "shutting_down")
@@ -1472,6 +1529,71 @@ def scenario_many(draw: st.DrawFn) -> Scenario:
     return Scenario(profile, streams, steps)
 
 
+_v4 = st.builds(lambda n: socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big")), st.integers(0, 2**32 - 1))
+_v6 = st.builds(lambda n: socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big")), st.integers(0, 2**128 - 1))
+_clients = st.one_of(st.sampled_from(["127.0.0.2", "127.0.0.3", "10.0.0.1", "10.0.0.2"]), _v4, _v6)
+
+
+@st.composite
+def proxy_headers(draw: st.DrawFn) -> bytes:
+    """What may come before the request: PROXY headers well-formed or not, or none."""
+    from support import proxy_v1, proxy_v2
+
+    src = (draw(_clients), draw(st.integers(0, 65535)))
+    dst = ("::1" if ":" in src[0] else "127.0.0.1", 8765)
+    kind = draw(st.sampled_from(["v1", "v2", "v2", "local", "tlv", "unknown", "truncated", "mutated", "twice",
+                                 "none", "garbage"]))
+    if kind == "v1":
+        return proxy_v1(src, dst)
+    if kind == "v2":
+        return proxy_v2(src, dst)
+    if kind == "local":
+        return proxy_v2(None)
+    if kind == "tlv":
+        return proxy_v2(src, dst, tlvs=draw(st.binary(max_size=1200)))  # sometimes over max_request_bytes
+    if kind == "unknown":
+        return b"PROXY UNKNOWN" + draw(st.binary(max_size=120)) + b"\r\n"
+    whole = proxy_v1(src, dst) if draw(st.booleans()) else proxy_v2(src, dst)
+    if kind == "truncated":
+        return whole[: draw(st.integers(0, len(whole) - 1))]
+    if kind == "mutated":
+        i = draw(st.integers(0, len(whole) - 1))
+        return whole[:i] + bytes([draw(st.integers(0, 255))]) + whole[i + 1 :]
+    if kind == "twice":
+        return whole + proxy_v1((draw(_clients), 1), dst)
+    if kind == "garbage":
+        return draw(st.binary(max_size=300))
+    return b""
+
+
+@st.composite
+def scenario_proxy(draw: st.DrawFn) -> Scenario:
+    """The PROXY header phase: headers from the trusted proxy and from an untrusted peer, then a
+    session (or arbitrary bytes), split anywhere, with deadlines and eviction between the reads."""
+    profile = draw(st.sampled_from(list(PROXY_PROFILES)))
+    n = draw(st.integers(1, 5))  # even ones from the trusted proxy, odd ones not
+    streams = []
+    for _ in range(n):
+        body = draw(st.sampled_from(["legit", "legit", "upgrade_only", "garbage", "bad_token"]))
+        parts = [draw(proxy_headers()), *_stream_of(body, draw)]
+        size = len(resolve(parts, Credentials()))
+        cuts = draw(st.one_of(st.lists(st.integers(0, size), max_size=6), st.just(list(range(1, min(size, 60))))))
+        streams.append((parts, cuts, draw(st.integers(0, 4)) == 0))
+    steps: list[tuple[Any, ...]] = []
+    if draw(st.booleans()):
+        step = st.one_of(
+            st.tuples(st.just("open"), st.integers(0, n - 1)),
+            st.tuples(st.just("data"), st.integers(0, n - 1)),
+            st.tuples(st.just("data"), st.integers(0, n - 1)),
+            st.tuples(st.just("data"), st.integers(0, n - 1)),
+            st.tuples(st.just("eof"), st.integers(0, n - 1)),
+            st.tuples(st.just("tick"), _ticks),
+            st.tuples(st.just("evict")),
+        )
+        steps = draw(st.lists(step, max_size=40))
+    return Scenario(profile, streams, steps)
+
+
 # The properties: (strategy, check). Each check runs one scenario and lets a Violation propagate.
 
 
@@ -1517,6 +1639,7 @@ PROPERTIES: dict[str, Callable[[], st.SearchStrategy[Scenario]]] = {
     "many_connections": scenario_many,
     "legit_split": lambda: scenario_legit(close=False),
     "duplicate_header": scenario_duplicate_header,
+    "proxy_header": scenario_proxy,
     # Shows an open bug (xfail in tests/test_fuzz.py): messages between the token and a close
     # frame in the same read never reach the app.
     "legit_split_close": lambda: scenario_legit(close=True),

@@ -27,6 +27,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from websockets.frames import Opcode
 
+from support import proxy_v2
+
 from fuzz_harness import (
     ALLOWED_ORIGIN,
     VALID_REQUEST,
@@ -43,6 +45,7 @@ from fuzz_harness import (
     scenario_many,
     scenario_post_auth,
     scenario_preauth_frames,
+    scenario_proxy,
     scenario_request_suffix,
     upgrade_request,
 )
@@ -139,6 +142,16 @@ def test_repeated_headers_get_an_http_answer(scenario: Scenario) -> None:
     general(scenario)
 
 
+_SAME_CLIENT = ([proxy_v2(("10.0.0.1", 1)) + VALID_REQUEST], [], False)
+
+
+@fuzz
+@given(scenario_proxy())
+@example(Scenario("proxy_required", [_SAME_CLIENT, ([VALID_REQUEST], [], False)] * 2 + [_SAME_CLIENT]))  # 429 at the cap
+def test_proxy_headers_trusted_untrusted_truncated_and_hostile(scenario: Scenario) -> None:
+    general(scenario)
+
+
 # Open bug, found by the property above with a close frame at the end: it fails until guarded_ws is fixed.
 
 
@@ -200,6 +213,18 @@ def test_harness_notices_a_pending_connection_leak() -> None:
         server.leave_pending = leave_pending
 
     _expect_violation(Scenario("open", [([b"garbage\r\n\r\n"], [], False)]), tamper, "admission")
+
+
+def test_harness_notices_a_spoofed_source() -> None:
+    from guarded_ws.proxies import TrustedProxies
+    from support import proxy_v1
+
+    def tamper(server) -> None:
+        server.proxies = TrustedProxies(["127.0.0.0/8"])  # trusts the untrusted peer 127.0.0.3 too
+
+    spoofed = proxy_v1(("10.9.9.9", 1000)) + VALID_REQUEST
+    scenario = Scenario("proxy_optional", [([VALID_REQUEST], [], False), ([spoofed], [], False)])
+    _expect_violation(scenario, tamper, "an untrusted peer became 10.9.9.9")
 
 
 def test_harness_notices_an_undocumented_status(monkeypatch: pytest.MonkeyPatch) -> None:
