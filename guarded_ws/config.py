@@ -67,6 +67,8 @@ class ServerConfig:
     log_level: str = "info"
     proxy_protocol: str = "off"  # "optional" or "required": a PROXY header from trusted_proxies names the client
     trusted_proxies: tuple[str, ...] = ()  # CIDRs
+    forwarded_header: str = "off"  # "x-forwarded-for" or "forwarded": an HTTP proxy's word on the client
+    forwarded_hops: int = 1  # trusted proxies that append to that header
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +450,8 @@ _RULES: dict[str, _Rule] = {
     ),
     "server.log_level": _one_of("debug", "info", "warning", "error"),
     "server.proxy_protocol": _one_of("off", "optional", "required"),
+    "server.forwarded_header": _one_of("off", "x-forwarded-for", "forwarded"),
+    "server.forwarded_hops": _at_least(1),
     "limits.handshake_timeout": _POSITIVE,
     "limits.auth_timeout": _POSITIVE,
     "limits.max_request_bytes": _at_least(256),
@@ -531,7 +535,7 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
     server, limits, auth = values["server"], values["limits"], values["auth"]
     server["allowed_origins"] = tuple(_origin(entry) for entry in server["allowed_origins"])
     _check_caps(limits)
-    _check_proxies(server["proxy_protocol"], server["trusted_proxies"])
+    _check_proxies(server["proxy_protocol"], server["forwarded_header"], server["trusted_proxies"])
     _check_algorithms(auth["algorithms"])
     _check_public_key(auth["algorithms"], auth["public_key_file"])
     _check_tls(values["tls"])
@@ -601,16 +605,20 @@ def _check_caps(limits: dict[str, Any]) -> None:
             raise ConfigError(f"limits.{cap}", f"must be <= limits.{total} (got {limits[cap]} > {limits[total]})")
 
 
-def _check_proxies(mode: str, cidrs: tuple[str, ...]) -> None:
+def _check_proxies(mode: str, forwarded: str, cidrs: tuple[str, ...]) -> None:
     key = "server.trusted_proxies"
     for cidr in cidrs:
         try:
             TrustedProxies([cidr])
         except ValueError as exc:
             raise ConfigError(key, f"each entry must be a network such as 10.0.0.0/8 ({exc})") from None
-    if mode != "off" and not cidrs:
-        # With nobody trusted, "required" would refuse every peer and "optional" would do nothing.
-        raise ConfigError(key, f'must not be empty when server.proxy_protocol is "{mode}"')
+    if mode != "off" and forwarded != "off":
+        # A TCP balancer sends the PROXY header, an HTTP proxy the forwarded header: one source of truth.
+        raise ConfigError("server.forwarded_header", 'must be "off" when server.proxy_protocol is on')
+    for name, value in (("proxy_protocol", mode), ("forwarded_header", forwarded)):
+        if value != "off" and not cidrs:
+            # With nobody trusted, "required" would refuse every peer, and the rest would do nothing.
+            raise ConfigError(key, f'must not be empty when server.{name} is "{value}"')
 
 
 def _check_algorithms(algorithms: tuple[str, ...]) -> None:

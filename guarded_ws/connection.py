@@ -35,6 +35,7 @@ from .certs import CertificateRefused
 from .codes import Close, http_refusal
 from .cookie_auth import CookieRefused
 from .deadlines import Timed
+from .proxies import forwarded_client
 from .proxy_protocol import ProxyError, parse, starts_like_header
 from .session import ConnectionClosed, Message, Session
 from .replay_store import ReplayStoreUnavailable
@@ -170,7 +171,7 @@ class Connection(asyncio.Protocol, Timed):
             self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
             self._check_preauth_budget()
         elif phase is _HANDSHAKE:
-            if self.ws is None and self.server.proxies is not None:
+            if self.ws is None and self.server.proxy_protocol:
                 data = self._on_proxy_data(data)
                 if not data:
                     return
@@ -324,6 +325,8 @@ class Connection(asyncio.Protocol, Timed):
         server = self.server
         ws = self.ws
         assert ws is not None
+        if self.source is None and not self._admit_forwarded(request):
+            return
         path = request.path.partition("?")[0]
         if path != server.path:
             if server.demo_page is not None and path == "/demo":
@@ -373,6 +376,17 @@ class Connection(asyncio.Protocol, Timed):
             self._admit(self.certificate, "certificate")
         elif identity is not None:  # the browser path: authenticated by the upgrade itself
             self._admit(identity, "cookie")
+
+    def _admit_forwarded(self, request: Request) -> bool:
+        """A trusted HTTP proxy's forwarded header names the client; admit it under that source."""
+        server = self.server
+        name = server.forwarded
+        assert name is not None
+        client = forwarded_client(request.headers.get_all(name), name, server.forwarded_hops)
+        if server.admit_client(self, client or self.host) is None:
+            return True
+        self._refuse(server.too_many, None)
+        return False
 
     def _on_frames(self, frames: list[Event]) -> None:
         for frame in frames:

@@ -43,3 +43,45 @@ class TrustedProxies:
 def _member(packed: bytes, networks: list[tuple[int, int]]) -> bool:
     value = int.from_bytes(packed, "big")
     return any(value & mask == network for network, mask in networks)
+
+
+def forwarded_client(values: list[str], header: str, hops: int) -> str | None:
+    """The client address a chain of ``hops`` trusted proxies recorded, or None.
+
+    Each trusted proxy appends the address it received the request from, so the
+    ``hops``-th entry from the right is the one the first trusted proxy saw; everything
+    left of it came from the client and proves nothing. ``header`` is
+    ``"x-forwarded-for"`` (bare addresses) or ``"forwarded"`` (RFC 7239 ``for=``
+    parameters). None when there are fewer entries than hops, or that entry is not an
+    IP address (``unknown``, an obfuscated name): the proxy's own address then stands.
+    """
+    entries = [entry.strip() for value in values for entry in value.split(",")]
+    if len(entries) < hops:
+        return None
+    entry = entries[-hops]
+    if header == "forwarded":
+        entry = _forwarded_for(entry)
+    return _address(entry)
+
+
+def _forwarded_for(element: str) -> str:
+    for pair in element.split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name.lower() == "for":
+            return value.strip('"')
+    return ""
+
+
+def _address(text: str) -> str | None:
+    """An IP address, without the brackets and port RFC 7239 (and some proxies) put around it."""
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return text
+        except (OSError, ValueError):
+            continue
+    return None

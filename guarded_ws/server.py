@@ -98,10 +98,13 @@ class Server:
             else None
         )
         self.max_connections_total = max_connections_total
-        # PROXY protocol: the trusted proxies' headers name the source; nobody else's do.
-        proxy_mode = config.server.proxy_protocol
-        self.proxies = TrustedProxies(config.server.trusted_proxies) if proxy_mode != "off" else None
-        self.proxy_required = proxy_mode == "required"
+        # Trusted proxies name the source, in a PROXY header or a forwarded header; nobody else does.
+        front = config.server
+        self.proxy_protocol = front.proxy_protocol != "off"
+        self.proxy_required = front.proxy_protocol == "required"
+        self.forwarded = front.forwarded_header if front.forwarded_header != "off" else None
+        self.forwarded_hops = front.forwarded_hops
+        self.proxies = TrustedProxies(front.trusted_proxies) if self.proxy_protocol or self.forwarded else None
 
         Queue = DeadlineQueue[Connection]
         self.handshaking = Queue("handshake", limits.handshake_timeout)
@@ -236,7 +239,7 @@ class Server:
                 continue
             metrics.accepted.inc()
             host = address[0]
-            # A trusted proxy's connection has no source until its PROXY header names the client.
+            # A trusted proxy's connection has no source until its header names the client.
             source = None if self.proxies is not None and host in self.proxies else self.source_key(host)
             if source is not None and self.proxy_required:
                 self._refuse(sock, b"", "proxy_untrusted", host)
@@ -310,7 +313,7 @@ class Server:
     # Called by connections
 
     def admit_client(self, conn: Connection, host: str) -> str | None:
-        """A trusted proxy named the client: the per-source checks that waited for it run now.
+        """A trusted proxy named the client (or did not): the per-source checks that waited run now.
 
         Returns the refusal reason (the connection answers 429), or None once the
         connection counts under the client's source.

@@ -121,6 +121,7 @@ PROXY_PROFILES: dict[str, dict[str, Any]] = {
         "limits.max_pending_per_source": 2,
         "limits.max_pending_total": 3,
     },
+    "forwarded": {"server.forwarded_header": "x-forwarded-for", "server.trusted_proxies": ["127.0.0.2/32"]},
 }
 _CONFIGS = {name: make_config(**{**_COMMON, **extra}) for name, extra in {**PROFILES, **PROXY_PROFILES}.items()}
 ALLOWED_ORIGIN = "https://app.example"
@@ -970,9 +971,10 @@ class Run:
             where = f"connection {peer.index}: "
             trusted = TrustedProxies(server.config.server.trusted_proxies)  # the configuration's word, not the server's
             check(peer.host in trusted, where + f"an untrusted peer became {conn.host}")
-            header = _proxy_header(bytes(peer.delivered))
-            named = header.source[0] if header is not None and header.source is not None else None
-            check(conn.host == named, where + f"source {conn.host}, but the header names {named}")
+            if server.proxy_protocol:
+                header = _proxy_header(bytes(peer.delivered))
+                named = header.source[0] if header is not None and header.source is not None else None
+                check(conn.host == named, where + f"source {conn.host}, but the header names {named}")
             check(conn.source == server.source_key(conn.host), where + "source key does not match its address")
 
     def _check_credential(self, peer: Peer, message: dict[str, Any]) -> None:
@@ -1569,13 +1571,17 @@ def proxy_headers(draw: st.DrawFn) -> bytes:
 @st.composite
 def scenario_proxy(draw: st.DrawFn) -> Scenario:
     """The PROXY header phase: headers from the trusted proxy and from an untrusted peer, then a
-    session (or arbitrary bytes), split anywhere, with deadlines and eviction between the reads."""
+    session (or arbitrary bytes), split anywhere, with deadlines and eviction between the reads.
+    In the "forwarded" profile the request also carries an arbitrary X-Forwarded-For."""
     profile = draw(st.sampled_from(list(PROXY_PROFILES)))
     n = draw(st.integers(1, 5))  # even ones from the trusted proxy, odd ones not
     streams = []
     for _ in range(n):
         body = draw(st.sampled_from(["legit", "legit", "upgrade_only", "garbage", "bad_token"]))
         parts = [draw(proxy_headers()), *_stream_of(body, draw)]
+        if profile == "forwarded" and parts[1] == VALID_REQUEST:
+            forwarded = ", ".join(draw(st.lists(st.one_of(_clients, st.text(max_size=12)), max_size=3)))
+            parts[:2] = [b"", upgrade_request(headers=[("X-Forwarded-For", forwarded)])]
         size = len(resolve(parts, Credentials()))
         cuts = draw(st.one_of(st.lists(st.integers(0, size), max_size=6), st.just(list(range(1, min(size, 60))))))
         streams.append((parts, cuts, draw(st.integers(0, 4)) == 0))

@@ -164,3 +164,40 @@ def test_a_local_header_keeps_the_proxy_address(serve):
     assert pending_of(server, PROXY) == 1
     check.close()
     wait_for(server.idle_state, what="pending state released")
+
+
+def test_forwarded_header_names_the_client_only_from_a_trusted_proxy(serve):
+    server = serve(server__forwarded_header="x-forwarded-for", limits__max_pending_per_source=2, **TRUSTED)
+    attacker = "10.66.0.1"
+    # The trusted proxy appends the address it saw; "6.6.6.6" is what the attacker wrote itself.
+    spoofing = {"X-Forwarded-For": f"6.6.6.6, {attacker}"}
+    held = [proxied(server.port, upgrade_request(headers=spoofing)) for _ in range(2)]
+    for sock in held:
+        assert status_of(read_response_head(sock)) == 101
+    head = read_response_head(proxied(server.port, upgrade_request(headers=spoofing)))
+    assert status_of(head) == 429 and b"Retry-After: 1" in head
+    assert pending_of(server, attacker) == 2 and pending_of(server, "6.6.6.6") == 0 and pending_of(server, PROXY) == 0
+    # A direct peer's header proves nothing: it is counted as itself, not as the address it names.
+    direct = tcp(server.port, source(2))
+    direct.sendall(upgrade_request(headers={"X-Forwarded-For": attacker}))
+    assert status_of(read_response_head(direct)) == 101
+    assert pending_of(server, source(2)) == 1 and pending_of(server, attacker) == 2
+    # A legitimate client behind the proxy, from another address, is served.
+    sock = tcp(server.port, PROXY)
+    with connect(f"ws://127.0.0.1:{server.port}/ws", sock=sock, compression=None,
+                 additional_headers={"X-Forwarded-For": "10.66.0.2"}) as ws:
+        ws.send(token("alice"))
+        assert json.loads(ws.recv(timeout=5))["subject"] == "alice"
+    for sock in [*held, direct]:
+        sock.close()
+    wait_for(server.idle_state, what="pending state released")
+
+
+def test_forwarded_hops_skip_what_the_client_wrote(serve):
+    server = serve(server__forwarded_header="forwarded", server__forwarded_hops=2, **TRUSTED)
+    chain = {"Forwarded": 'for=6.6.6.6, for="10.70.0.1:4711";proto=https, for=10.0.0.2'}
+    sock = proxied(server.port, upgrade_request(headers=chain))
+    assert status_of(read_response_head(sock)) == 101
+    assert pending_of(server, "10.70.0.1") == 1
+    sock.close()
+    wait_for(server.idle_state, what="pending state released")
