@@ -8,6 +8,7 @@ PROMTOOL := /usr/bin/promtool
 REDIS    := /usr/bin/redis-server
 CHROMIUM := /usr/bin/chromium
 HAPROXY  := /usr/sbin/haproxy
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
 
 .PHONY: run test clean
 
@@ -38,7 +39,11 @@ $(CHROMIUM):
 $(HAPROXY):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
 
-test: $(STAMP) $(PROMTOOL) $(REDIS) $(CHROMIUM) $(HAPROXY)
+# systemd-analyze verifies deploy/guarded-ws.service (tests/test_deploy.py).
+$(SYSTEMD_ANALYZE):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+
+test: $(STAMP) $(PROMTOOL) $(REDIS) $(CHROMIUM) $(HAPROXY) $(SYSTEMD_ANALYZE)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -37,6 +37,7 @@ REJECT_REASONS = (
     "per_source_cap", "per_source_rate", "global_cap", "connections_cap", "source_connections_cap", "subject_connections_cap",
     "origin", "path", "malformed", "not_websocket", "headers_too_large", "shutting_down",
     "csrf", "method", "body_too_large", "preauth_rate",
+    "proxy_untrusted", "proxy_missing", "proxy_malformed",
 )  # fmt: skip
 PHASES = ("handshake", "auth")
 DEADLINE_PHASES = ("tls", "handshake", "auth", "credential")
