@@ -243,26 +243,35 @@ class Connection(asyncio.Protocol, Timed):
                 return b""
             return data
         head = self.proxy_head + data if self.proxy_head else data
+        used = self.read_proxy_header(head)
+        if used < 0:
+            return b""
+        return self._on_proxy_data(head[used:]) if used < len(head) else b""  # no second header
+
+    def read_proxy_header(self, head: bytes) -> int:
+        """Read a trusted proxy's header from ``head`` (everything received so far) and admit
+        the client it names. Returns the header's length (0: none, where it is optional),
+        or -1: more bytes are needed (kept in ``proxy_head``), or the connection is refused.
+        """
+        server = self.server
         begins = server.proxy_required or starts_like_header(head) is not False
         try:
             header = parse(head, server.max_request_bytes) if begins else None
         except ProxyError as exc:
             self._refuse(b"", "proxy_" + exc.reason)
-            return b""
+            return -1
         if begins and header is None:
             self.proxy_head = head
             self.received = len(head)
-            return b""
+            return -1
         self.proxy_head = b""
         # No header (optional), or one that names no client (LOCAL health checks): the proxy's own address.
         client = header.source if header is not None else None
-        reason = server.admit_client(self, client[0] if client is not None else self.host)
-        if reason is not None:
+        if server.admit_client(self, client[0] if client is not None else self.host) is not None:
             self._refuse(server.too_many, None)
-            return b""
-        used = header.length if header is not None else 0
-        self.received = used
-        return self._on_proxy_data(head[used:]) if used < len(head) else b""  # no second header
+            return -1
+        self.received = used = header.length if header is not None else 0
+        return used
 
     def _on_handshake_data(self, data: bytes) -> None:
         server = self.server

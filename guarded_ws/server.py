@@ -29,6 +29,7 @@ from .logs import RateLimitedLogger
 from .metrics import Metrics, accept_errno_label
 from .preauth import Preauth
 from .proxies import TrustedProxies
+from .proxy_protocol import V1_MAX
 from .rate import AcceptRate
 from .replay_store import SharedReplayStore
 from .session import ConnectionClosed, Session
@@ -262,6 +263,11 @@ class Server:
     async def _attach(self, conn: Connection, sock: socket.socket) -> None:
         assert self.loop is not None
         tls = self.tls
+        if tls is not None and conn.source is None and self.proxy_protocol:
+            if not await self._proxy_header_before_tls(conn, sock):
+                sock.close()
+                conn.connection_lost(None)
+                return
         try:
             if tls is None:
                 await self.loop.connect_accepted_socket(conn, sock)
@@ -274,6 +280,45 @@ class Server:
                 self.tls_failed(conn, failure_reason(exc))
             sock.close()
             conn.connection_lost(None)
+
+    async def _proxy_header_before_tls(self, conn: Connection, sock: socket.socket) -> bool:
+        """The PROXY header comes first, in clear: take it off the raw socket, leave TLS the rest.
+
+        Peeks, so that bytes behind the header stay in the socket for the TLS handshake;
+        while the header is incomplete every byte is part of it, so those are consumed and
+        kept. The handshake deadline ends a stall (it shuts the socket down: EOF here).
+        """
+        limit = max(self.max_request_bytes, V1_MAX)
+        while conn.phase is Phase.HANDSHAKE:
+            try:
+                peeked = sock.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                await self._readable(sock)
+                continue
+            except OSError:
+                return False
+            if not peeked:
+                return False
+            had = len(conn.proxy_head)
+            used = conn.read_proxy_header(conn.proxy_head + peeked)
+            if used >= 0:
+                if used > had:
+                    sock.recv(used - had, socket.MSG_DONTWAIT)  # peeked: it is there
+                return True
+            if conn.phase is not Phase.HANDSHAKE:
+                return False
+            sock.recv(len(peeked), socket.MSG_DONTWAIT)
+        return False
+
+    async def _readable(self, sock: socket.socket) -> None:
+        assert self.loop is not None
+        ready = self.loop.create_future()
+        fd = sock.fileno()
+        self.loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            self.loop.remove_reader(fd)
 
     def _refuse(self, sock: socket.socket, response: bytes, reason: str, host: str) -> None:
         try:

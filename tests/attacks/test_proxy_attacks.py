@@ -10,10 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import time
+from pathlib import Path
+from typing import Any
 
+import pytest
 from websockets.sync.client import ClientConnection, connect
 
+import pki
 from support import (
     closed_by_peer,
     proxy_v1,
@@ -200,4 +205,59 @@ def test_forwarded_hops_skip_what_the_client_wrote(serve):
     assert status_of(read_response_head(sock)) == 101
     assert pending_of(server, "10.70.0.1") == 1
     sock.close()
+    wait_for(server.idle_state, what="pending state released")
+
+
+# With TLS, the PROXY header comes first, in clear, then the TLS handshake.
+
+
+@pytest.fixture
+def tls_settings(tmp_path: Path) -> tuple[dict[str, Any], ssl.SSLContext]:
+    ca = pki.CA()
+    cert_file, key_file = ca.server().write(tmp_path, "server")
+    return {"tls__cert_file": cert_file, "tls__key_file": key_file}, pki.client_context(ca, None, tmp_path)
+
+
+def wss_through(port: int, header: bytes, context: ssl.SSLContext) -> ClientConnection:
+    sock = proxied(port, header)
+    return connect(f"wss://localhost:{port}/ws", sock=sock, ssl=context, server_hostname="localhost",
+                   compression=None, open_timeout=10, legacy=True)  # fmt: skip
+
+
+def test_with_tls_the_header_comes_first_and_names_the_client(serve, tls_settings):
+    settings, context = tls_settings
+    server = serve(server__proxy_protocol="required", server__app="sample_apps:whoami", **settings, **TRUSTED)
+    for header in (proxy_v2(("10.88.0.1", 40000)), proxy_v1(("10.88.0.2", 40000))):
+        ws = wss_through(server.port, header, context)
+        ws.send(token("alice"))
+        assert json.loads(ws.recv(timeout=5))["type"] == "authenticated"
+        assert json.loads(ws.recv(timeout=5))["source"] == ("10.88.0.1" if header[0] != ord("P") else "10.88.0.2")
+        ws.close()
+    # Without the header the TLS handshake is where a header should be: closed, counted.
+    bare = tcp(server.port, PROXY)
+    with pytest.raises((OSError, EOFError)):
+        context.wrap_socket(bare, server_hostname="localhost")
+    assert server.metric("guarded_ws_connections_rejected_total", reason="proxy_missing") == 1
+    wait_for(server.idle_state, what="pending state released")
+
+
+def test_with_tls_a_stall_inside_the_header_is_closed_at_the_deadline(serve, tls_settings):
+    settings, context = tls_settings
+    server = serve(server__proxy_protocol="required", limits__handshake_timeout=1, **settings, **TRUSTED)
+    header = proxy_v2(("10.88.0.3", 40000))
+    stalled = proxied(server.port, header[:10])
+    stalled.settimeout(5)
+    started = time.monotonic()
+    assert closed_by_peer(stalled)
+    assert time.monotonic() - started < 3
+    assert server.metric("guarded_ws_deadline_expired_total", phase="tls") == 1
+    # A header in two segments (the proxy's write cut in the middle) is read whole, then TLS.
+    sock = proxied(server.port, header[:10])
+    sock.sendall(header[10:])
+    ws = connect(f"wss://localhost:{server.port}/ws", sock=sock, ssl=context, server_hostname="localhost",
+                 compression=None, open_timeout=10, legacy=True)  # fmt: skip
+    ws.send(token("alice"))
+    assert json.loads(ws.recv(timeout=5))["subject"] == "alice"
+    assert pending_of(server, "10.88.0.3") == 0  # authenticated: no longer pending
+    ws.close()
     wait_for(server.idle_state, what="pending state released")
