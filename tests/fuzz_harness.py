@@ -74,7 +74,7 @@ from websockets.streams import StreamReader  # noqa: E402
 
 from guarded_ws.admission import Verdict  # noqa: E402
 from guarded_ws.connection import Connection, Phase  # noqa: E402
-from guarded_ws.proxies import TrustedProxies  # noqa: E402
+from guarded_ws.proxies import TrustedProxies, forwarded_client  # noqa: E402
 from guarded_ws.proxy_protocol import ProxyError, parse as parse_proxy_header  # noqa: E402
 from guarded_ws.runner import build_server  # noqa: E402
 from guarded_ws.server import Server  # noqa: E402
@@ -974,7 +974,11 @@ class Run:
             if server.proxy_protocol:
                 header = _proxy_header(bytes(peer.delivered))
                 named = header.source[0] if header is not None and header.source is not None else None
-                check(conn.host == named, where + f"source {conn.host}, but the header names {named}")
+            else:
+                head = bytes(peer.delivered).partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+                values = [line.partition(":")[2].strip() for line in head if line.lower().startswith("x-forwarded-for:")]
+                named = forwarded_client(values, "x-forwarded-for", server.config.server.forwarded_hops)
+            check(conn.host == named, where + f"source {conn.host}, but the header names {named}")
             check(conn.source == server.source_key(conn.host), where + "source key does not match its address")
 
     def _check_credential(self, peer: Peer, message: dict[str, Any]) -> None:
@@ -1580,7 +1584,8 @@ def scenario_proxy(draw: st.DrawFn) -> Scenario:
         body = draw(st.sampled_from(["legit", "legit", "upgrade_only", "garbage", "bad_token"]))
         parts = [draw(proxy_headers()), *_stream_of(body, draw)]
         if profile == "forwarded" and parts[1] == VALID_REQUEST:
-            forwarded = ", ".join(draw(st.lists(st.one_of(_clients, st.text(max_size=12)), max_size=3)))
+            junk = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+            forwarded = ", ".join(draw(st.lists(st.one_of(_clients, junk), max_size=3)))
             parts[:2] = [b"", upgrade_request(headers=[("X-Forwarded-For", forwarded)])]
         size = len(resolve(parts, Credentials()))
         cuts = draw(st.one_of(st.lists(st.integers(0, size), max_size=6), st.just(list(range(1, min(size, 60))))))

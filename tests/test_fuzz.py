@@ -227,6 +227,14 @@ def test_harness_notices_a_spoofed_source() -> None:
     _expect_violation(scenario, tamper, "an untrusted peer became 10.9.9.9")
 
 
+def test_harness_notices_a_forwarded_header_read_past_the_trusted_hops() -> None:
+    def tamper(server) -> None:
+        server.forwarded_hops = 2  # believes an entry the client wrote itself
+
+    request = upgrade_request(headers=[("X-Forwarded-For", "6.6.6.6, 10.0.0.7")])
+    _expect_violation(Scenario("forwarded", [([request], [], False)]), tamper, "the header names 10.0.0.7")
+
+
 def test_harness_notices_an_undocumented_status(monkeypatch: pytest.MonkeyPatch) -> None:
     from http import HTTPStatus
 
