@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -27,12 +28,15 @@ def post(
     body: bytes = b"",
     method: str = "POST",
     src: str = "127.0.0.1",
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request on its own connection; (status, headers, body) of the answer."""
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
     lines += [f"Origin: {origin}"] if origin is not None else []
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     sock = tcp(port, src)
+    if context is not None:  # wss://: the same request inside TLS
+        sock = context.wrap_socket(sock, server_hostname="localhost")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     data = b""
     while chunk := sock.recv(65536):
@@ -44,14 +48,16 @@ def post(
     return int(status_line.split(" ")[1]), fields, content
 
 
-def preauth(port: int, sub: str = "alice", src: str = "127.0.0.1") -> tuple[str, str]:
+def preauth(
+    port: int, sub: str = "alice", src: str = "127.0.0.1", context: ssl.SSLContext | None = None
+) -> tuple[str, str]:
     """A legitimate preauth: (csrf, the ticket cookie's value)."""
-    status, headers, body = post(port, headers={"Authorization": f"Bearer {token(sub)}"}, src=src)
+    status, headers, body = post(port, headers={"Authorization": f"Bearer {token(sub)}"}, src=src, context=context)
     assert status == 200, body
     csrf = json.loads(body)["csrf"]
     cookie = headers["Set-Cookie"].partition(";")[0]
     name, _, value = cookie.partition("=")
-    assert name == NAME
+    assert name == (NAME if context is None else "__Host-" + NAME)  # over TLS the cookie is host-bound
     return csrf, value
 
 

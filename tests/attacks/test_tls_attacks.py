@@ -10,12 +10,15 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 import pki
+from cookie_support import NAME as TICKET
+from cookie_support import ORIGIN, preauth
 from support import (
     ServerProcess,
     closed_by_peer,
@@ -57,9 +60,9 @@ def tls(tmp_path: Path) -> Pki:
     return Pki(tmp_path)
 
 
-def wss(port: int, context: ssl.SSLContext, src: str = "127.0.0.1", **kw: Any) -> ClientConnection:
+def wss(port: int, context: ssl.SSLContext, src: str = "127.0.0.1", path: str = "/ws", **kw: Any) -> ClientConnection:
     return connect(
-        f"wss://localhost:{port}/ws",
+        f"wss://localhost:{port}{path}",
         sock=tcp(port, src),
         ssl=context,
         server_hostname="localhost",
@@ -286,6 +289,20 @@ def test_optional_mode_falls_back_to_the_first_message_token(serve, tls):
     assert server.metric("guarded_ws_auth_attempts_total", method="certificate", result="ok") == 1
     refused(server.port, tls.context(pki.CA("other").client("alice")))  # a bad one is refused, not ignored
     wait_for(lambda: tls_failures(server, "unknown_ca") == 1, what="unknown_ca counted")
+
+
+def test_optional_mode_falls_back_to_the_cookie_flow(serve, tls):
+    server = serve(cookie__enabled=True, server__allowed_origins=(ORIGIN,), **tls.mtls("optional"))
+    csrf, ticket = preauth(server.port, "dave", context=tls.context())  # a browser without a certificate
+    cookie = f"__Host-{TICKET}={ticket}"
+    upgrade = {"origin": ORIGIN, "additional_headers": {"Cookie": cookie}, "path": f"/ws?csrf={quote(csrf)}"}
+    with wss(server.port, tls.context(), **upgrade) as ws:
+        assert json.loads(ws.recv(timeout=5)) == {"type": "authenticated", "subject": "dave"}
+        assert echo(ws) == "hello"
+    with wss(server.port, tls.context(tls.ca.client("alice")), origin=ORIGIN) as ws:  # one with a certificate
+        assert json.loads(ws.recv(timeout=5)) == {"type": "authenticated", "subject": "alice"}
+    assert server.metric("guarded_ws_auth_attempts_total", method="cookie", result="ok") == 1
+    assert server.metric("guarded_ws_auth_attempts_total", method="certificate", result="ok") == 1
 
 
 def test_optional_mode_without_certificate_still_has_the_auth_deadline(serve, tls):
