@@ -14,6 +14,7 @@ import csv
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -232,7 +233,11 @@ def test_flood_shape_runs_its_phases_in_distributed_mode(guarded, tmp_path):
         "GWS_SHAPE_ATTACKERS": "12",
         "GWS_SHAPE_ATTACK_CLASSES": "IdleFlood,Slowloris,BadTokenSpam,PingFlood,ConnectCloseChurn",
     }
-    run = run_locust(tmp_path, f"ws://127.0.0.1:{guarded.port}/ws", [], seconds=9, env=shape, args=("--processes", "2"))
+    with socket.socket() as probe:  # a free port for the master: 5557 may be taken by another run
+        probe.bind(("127.0.0.1", 0))
+        master = str(probe.getsockname()[1])
+    distributed = ("--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", master, "--master-port", master)
+    run = run_locust(tmp_path, f"ws://127.0.0.1:{guarded.port}/ws", [], seconds=9, env=shape, args=distributed)
     assert run.returncode == 0, run.explain()  # the shape ended the run by itself
     for phase in ("baseline", "flood", "recovery"):
         run.assert_legit_ok(f" @{phase}")
