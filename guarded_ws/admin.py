@@ -8,7 +8,7 @@ the loop's health. It listens on loopback by default and is not for peers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -18,13 +18,25 @@ REQUEST_TIMEOUT = 5.0
 
 
 class AdminServer:
-    def __init__(self, registry: CollectorRegistry, *, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        ready: Callable[[], bool],
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``refresh``: awaited before each /metrics page (the supervisor scrapes its workers then)."""
         self.registry = registry
         self.ready = ready
+        self.refresh = refresh
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST)
+
+    async def start_unix(self, path: str) -> None:
+        """A worker's admin port: a socket only its supervisor (same user, private directory) reaches."""
+        self._server = await asyncio.start_unix_server(self._handle, path, limit=MAX_REQUEST)
 
     @property
     def port(self) -> int:
@@ -41,6 +53,8 @@ class AdminServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             method, _, rest = head.partition(b" ")
             path = rest.partition(b" ")[0].partition(b"?")[0]
+            if path == b"/metrics" and self.refresh is not None:
+                await self.refresh()
             writer.write(self._respond(method, path))
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):

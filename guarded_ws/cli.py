@@ -26,6 +26,7 @@ SHORTCUTS = {
     "metrics_host": "metrics.host",
     "metrics_port": "metrics.port",
     "upstream": "relay.upstream",
+    "workers": "server.workers",
 }
 
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (server.loop)")
     serve.add_argument("--app", help="'echo', 'relay' or 'module:function' (server.app)")
     serve.add_argument("--upstream", help="the relay app's upstream, ws://HOST:PORT/PATH (relay.upstream)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port, under a supervisor (server.workers)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(server.log_level)")
     serve.add_argument("--metrics-host", help="admin port address (metrics.host)")
     serve.add_argument("--metrics-port", type=int, help="admin port (metrics.port)")
@@ -119,17 +121,27 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not config.needs_dev_secret:
+    secret = secrets.token_urlsafe(32) if config.needs_dev_secret else None
+    if config.server.workers > 1:
+        from . import supervisor
+
+        return supervisor.run(
+            config,
+            secret=secret,
+            on_started=lambda started: _print_dev_banner(config, secret, started.addresses[0]) if secret else None,
+        )
+    if secret is None:
         runner.run(config)
         return 0
-    secret = secrets.token_urlsafe(32)
-    runner.run(config, secret=secret, on_started=lambda running: _print_dev_banner(config, secret, running))
+    runner.run(
+        config, secret=secret, on_started=lambda running: _print_dev_banner(config, secret, running.server.addresses[0])
+    )
     return 0
 
 
-def _print_dev_banner(config: Config, secret: str, running: runner.Running) -> None:
+def _print_dev_banner(config: Config, secret: str, address: tuple[str, int]) -> None:
     """Everything needed to try the server, printed once it listens (so the port is real)."""
-    host, port = running.server.addresses[0]
+    host, port = address
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     host = f"[{host}]" if ":" in host else host
     token = issue_token(secret, "dev-user", now=time.time(), ttl=3600, algorithm=_hs_algorithm(config))

@@ -69,6 +69,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()  # CIDRs
     forwarded_header: str = "off"  # "x-forwarded-for" or "forwarded": an HTTP proxy's word on the client
     forwarded_hops: int = 1  # trusted proxies that append to that header
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT) under a supervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +453,7 @@ _RULES: dict[str, _Rule] = {
     "server.proxy_protocol": _one_of("off", "optional", "required"),
     "server.forwarded_header": _one_of("off", "x-forwarded-for", "forwarded"),
     "server.forwarded_hops": _at_least(1),
+    "server.workers": _between(1, 256),
     "limits.handshake_timeout": _POSITIVE,
     "limits.auth_timeout": _POSITIVE,
     "limits.max_request_bytes": _at_least(256),
@@ -536,6 +538,11 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
     server["allowed_origins"] = tuple(_origin(entry) for entry in server["allowed_origins"])
     _check_caps(limits)
     _check_proxies(server["proxy_protocol"], server["forwarded_header"], server["trusted_proxies"])
+    if server["workers"] > 1 and auth["single_use"] and auth["replay_store"] is None:
+        # Each worker would remember its own jtis: a token could be used once per worker.
+        raise ConfigError("auth.replay_store", "required by auth.single_use with server.workers > 1")
+    if server["workers"] > 1 and values["cookie"]["single_use"]:
+        raise ConfigError("cookie.single_use", "tickets are remembered per process: not with server.workers > 1")
     _check_algorithms(auth["algorithms"])
     _check_public_key(auth["algorithms"], auth["public_key_file"])
     _check_tls(values["tls"])

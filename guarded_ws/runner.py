@@ -156,21 +156,27 @@ class Running:
             await self.server.replay_store.close()
 
 
-async def start(config: Config, *, secret: str | None = None, nofile: int | None = None) -> Running:
+async def start(
+    config: Config, *, secret: str | None = None, nofile: int | None = None, admin_path: str | None = None
+) -> Running:
+    """``admin_path``: serve the admin port on this unix socket instead (a worker, for its supervisor)."""
     server = build_server(config, secret=secret, nofile=nofile if nofile is not None else raise_nofile_limit())
     await server.start()
     admin = None
-    if config.metrics.enabled:
+    if config.metrics.enabled or admin_path is not None:
         admin = AdminServer(server.metrics.registry, ready=lambda: not server.draining)
-        await admin.start(config.metrics.host, config.metrics.port)
+        if admin_path is not None:
+            await admin.start_unix(admin_path)
+        else:
+            await admin.start(config.metrics.host, config.metrics.port)
     scheme = "wss" if server.tls is not None else "ws"
     for host, port in server.addresses:
-        log.info("listening on %s://%s:%d%s", scheme, _bracket(host), port, config.server.path)
+        log.info("listening on %s://%s:%d%s", scheme, bracket(host), port, config.server.path)
         if config.cookie.demo:
             page = "https" if server.tls is not None else "http"
-            log.info("demo page on %s://%s:%d/demo", page, _bracket(host), port)
-    if admin is not None:
-        log.info("metrics on http://%s:%d/metrics", _bracket(config.metrics.host), admin.port)
+            log.info("demo page on %s://%s:%d/demo", page, bracket(host), port)
+    if admin is not None and admin_path is None:
+        log.info("metrics on http://%s:%d/metrics", bracket(config.metrics.host), admin.port)
     log.info(
         "limits: %d pending (%d per source), %d authenticated",
         server.admission.max_total,
@@ -181,10 +187,14 @@ async def start(config: Config, *, secret: str | None = None, nofile: int | None
 
 
 async def serve(
-    config: Config, *, secret: str | None = None, on_started: Callable[[Running], None] | None = None
+    config: Config,
+    *,
+    secret: str | None = None,
+    on_started: Callable[[Running], None] | None = None,
+    admin_path: str | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
-    running = await start(config, secret=secret)
+    running = await start(config, secret=secret, admin_path=admin_path)
     if on_started is not None:
         on_started(running)
     stop = asyncio.Event()
@@ -211,7 +221,13 @@ def reload_tls(server: Server) -> None:
     log.info("SIGHUP: TLS certificates reloaded")
 
 
-def run(config: Config, *, secret: str | None = None, on_started: Callable[[Running], None] | None = None) -> None:
+def run(
+    config: Config,
+    *,
+    secret: str | None = None,
+    on_started: Callable[[Running], None] | None = None,
+    admin_path: str | None = None,
+) -> None:
     runner: Callable[..., object]
     if config.server.loop == "uvloop":
         import uvloop
@@ -219,8 +235,9 @@ def run(config: Config, *, secret: str | None = None, on_started: Callable[[Runn
         runner = uvloop.run
     else:
         runner = asyncio.run
-    runner(serve(config, secret=secret, on_started=on_started))
+    runner(serve(config, secret=secret, on_started=on_started, admin_path=admin_path))
 
 
-def _bracket(host: str) -> str:
+def bracket(host: str) -> str:
+    """An address as it appears in a URL."""
     return f"[{host}]" if ":" in host else host

@@ -164,7 +164,8 @@ class Server:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
-        self.listeners = _listen(self.config.server.host, self.config.server.port, self.config.server.backlog)
+        server = self.config.server
+        self.listeners = _listen(server.host, server.port, server.backlog, reuse_port=server.workers > 1)
         if self.demo_page is not None:  # the demo page may call us from wherever we listen
             scheme = "https" if self.tls is not None else "http"
             self.allowed_origins |= own_origins(self.addresses, self.config.server.host, scheme)
@@ -507,8 +508,11 @@ def _decrement(counts: dict[object, int], key: object) -> None:
         del counts[key]
 
 
-def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Non-blocking listening sockets for every address ``host`` resolves to."""
+def _listen(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Non-blocking listening sockets for every address ``host`` resolves to.
+
+    ``reuse_port``: workers share the port, and the kernel spreads connections over them by hash.
+    """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     if port == 0:
         infos = infos[:1]  # a free port is free on one address only
@@ -518,6 +522,8 @@ def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)

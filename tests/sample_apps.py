@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from guarded_ws import Session
 from guarded_ws.preauth import PreauthRequest
@@ -65,3 +66,10 @@ async def refreshing(conn: Session) -> None:
 def session_authenticator(request: PreauthRequest) -> str | None:
     """A site's own auth for the preauth endpoint (``cookie.authenticator``): its session cookie names the user."""
     return {"s3cret-session-of-bob": "bob"}.get(request.cookies.get("session", ""))
+
+
+async def worker_pid(conn: Session) -> None:
+    """Says which process serves the connection (the workers' tests), then echoes."""
+    await conn.send(json.dumps({"pid": os.getpid()}))
+    async for message in conn:
+        await conn.send(message)
