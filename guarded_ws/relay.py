@@ -117,6 +117,9 @@ class Relay:
                 code, reason = await session.wait_closed()
                 await upstream.close(*code_for_upstream(code, reason))
         finally:
+            # Cancelled (the server shutting down) while closing: finish the upstream's close
+            # handshake all the same, within close_timeout; a no-op when it is closed already.
+            await upstream.close(Close.GOING_AWAY, "client went away")
             self.links.discard(upstream)
 
 
