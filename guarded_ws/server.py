@@ -509,9 +509,15 @@ def _decrement(counts: dict[object, int], key: object) -> None:
 
 
 def _listen(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> list[socket.socket]:
-    """Non-blocking listening sockets for every address ``host`` resolves to.
+    """Non-blocking listening sockets for every address ``host`` resolves to."""
+    return bind(host, port, reuse_port=reuse_port, backlog=backlog)
 
-    ``reuse_port``: workers share the port, and the kernel spreads connections over them by hash.
+
+def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int | None = None) -> list[socket.socket]:
+    """Sockets bound to every address ``host`` resolves to; listening, non-blocking, if ``backlog`` is given.
+
+    ``reuse_port``: workers share the port, and the kernel spreads connections over them by
+    hash; the supervisor binds it too without listening, to hold the port for them.
     """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     if port == 0:
@@ -527,8 +533,9 @@ def _listen(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> 
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
+            if backlog is not None:
+                sock.listen(backlog)
+                sock.setblocking(False)
     except OSError:
         for sock in sockets:
             sock.close()

@@ -39,6 +39,7 @@ from .aggregate import Aggregator, parse
 from .config import Config, with_overrides
 from .metrics import PREFIX
 from .runner import bracket
+from .server import bind
 
 log = logging.getLogger("guarded_ws.supervisor")
 
@@ -100,7 +101,9 @@ class Supervisor:
     # Lifecycle
 
     async def run(self, on_started: Callable[[Supervisor], None] | None = None) -> int:
-        self._reserved, port = _reserve(self.config.server.host, self.config.server.port)
+        # Bound, never listening: a port given as 0 is the same for every worker, and a busy one fails now.
+        self._reserved = bind(self.config.server.host, self.config.server.port, reuse_port=True)
+        port = int(self._reserved[0].getsockname()[1])
         self.config = with_overrides(self.config, {"server.port": port})
         self.rundir = tempfile.mkdtemp(prefix="guarded-ws-")  # mode 0700: the workers' admin sockets
         self.workers = [
@@ -260,28 +263,6 @@ def run(config: Config, *, secret: str | None = None, on_started: Callable[[Supe
         return await Supervisor(config, secret=secret).run(on_started)
 
     return asyncio.run(main())
-
-
-def _reserve(host: str, port: int) -> tuple[list[socket.socket], int]:
-    """Bind (never listen) the port for every address, as the workers will: fails now if it is taken."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    if port == 0:
-        infos = infos[:1]  # as the server does: a free port is free on one address only
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets, int(sockets[0].getsockname()[1])
 
 
 async def _get(path: str, target: bytes) -> tuple[int, bytes] | None:
