@@ -108,7 +108,8 @@ class AuthConfig:
     leeway: float = 5.0
     single_use: bool = False
     replay_cache_size: int = 100000
-    replay_store: str | None = None  # "redis://HOST:PORT/DB": single-use consumed cluster-wide
+    # "redis://[:PASSWORD@]HOST:PORT/DB": single use consumed cluster-wide; may hold a password, so not in repr().
+    replay_store: str | None = field(default=None, repr=False)
     replay_store_timeout: float = 1.0
     verifier: str | None = None  # "module:function"
     # From GUARDED_WS_SECRET or secret_file, never from a layer; kept out of repr() and so out of logs.
