@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,19 @@ def test_single_use_across_workers_needs_a_shared_store():
         overrides={"server.workers": 2, "auth.single_use": True, "auth.replay_store": "redis://127.0.0.1:6379/0"},
     )
     assert config.server.workers == 2
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_1():
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GUARDED_WS_")}
+    env["GUARDED_WS_SECRET"] = "a-secret-long-enough-for-hs256-0123456789"
+    command = [sys.executable, "-m", "guarded_ws", "serve", "--port", "0", "--metrics-port", "0"]
+    result = subprocess.run(
+        [*command, "--workers", "2", "--app", "no_such_module:app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "exited during start-up" in result.stderr
+    assert "(2 workers)" not in result.stderr  # the supervisor never said it was listening
