@@ -4,13 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-PROMTOOL := /usr/bin/promtool
-REDIS    := /usr/bin/redis-server
-CHROMIUM := /usr/bin/chromium
-HAPROXY  := /usr/sbin/haproxy
-SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
+# Programs the tests start or call, from Debian's packages, installed in one apt step:
+# promtool (prometheus) checks alert rules and dashboard queries, redis-server backs the
+# replay store's tests, chromium is what Playwright drives for the browser-auth tests,
+# haproxy runs deploy/haproxy.cfg in front of guarded-ws, and systemd-analyze verifies
+# deploy/guarded-ws.service.
+TOOLS    := /usr/bin/promtool /usr/bin/redis-server /usr/bin/chromium /usr/sbin/haproxy /usr/bin/systemd-analyze
+PACKAGES := prometheus redis-server chromium haproxy systemd
 
-.PHONY: run test clean
+# The long fuzzing run, not part of `make test` (THREATS.md, "Long runs"). atheris is no
+# dependency of the project: it is installed here when missing.
+FUZZ_RUNS ?= 1000000
+FUZZ_DIR  ?= fuzz-work
+
+.PHONY: run test fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,28 +30,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/guarded-ws serve $(ARGS)
 
-# promtool checks the alert rules and dashboard queries (Debian's prometheus package).
-$(PROMTOOL):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+$(TOOLS) &:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PACKAGES) >/dev/null
 
-# The replay store's tests start their own redis-server on loopback (Debian's package).
-$(REDIS):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-
-# The browser-auth tests drive Debian's chromium through Playwright; nothing is downloaded.
-$(CHROMIUM):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-
-# haproxy runs deploy/haproxy.cfg in front of guarded-ws (tests/attacks/test_haproxy.py).
-$(HAPROXY):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
-
-# systemd-analyze verifies deploy/guarded-ws.service (tests/test_deploy.py).
-$(SYSTEMD_ANALYZE):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-
-test: $(STAMP) $(PROMTOOL) $(REDIS) $(CHROMIUM) $(HAPROXY) $(SYSTEMD_ANALYZE)
+test: $(STAMP) $(TOOLS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet atheris
+	GWS_FUZZ_DIR=$(FUZZ_DIR) $(BIN)/python tests/fuzz_harness.py --atheris -runs=$(FUZZ_RUNS) -print_final_stats=1
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
