@@ -67,7 +67,7 @@ class Client:
                 await loop.sock_sendall(sock, self.request)
                 buf = bytearray()
                 while (end := buf.find(b"\r\n\r\n")) < 0:
-                    await _recv(loop, sock, buf)
+                    await wire.recv_into(loop, sock, buf)
                 status = wire.status_of(bytes(buf[:16]))
                 if status != 101:
                     raise Failed(f"http:{status}")
@@ -75,19 +75,19 @@ class Client:
                 t_up = time.monotonic()
                 stage = "auth"
                 await loop.sock_sendall(sock, self.tokens.frame(f"legit-{(i + self.salt) % 997}"))
-                opcode, payload = await _next_frame(loop, sock, buf)
+                opcode, payload = await wire.next_frame(loop, sock, buf)
                 if opcode != wire.OP_TEXT or not payload.startswith(b'{"type": "authenticated"'):
                     raise Failed(f"ws:{wire.close_code(payload)}" if opcode == wire.OP_CLOSE else "auth:unexpected")
                 t_auth = time.monotonic()
                 stage = "echo"
                 await loop.sock_sendall(sock, self.echo)
-                opcode, payload = await _next_frame(loop, sock, buf)
+                opcode, payload = await wire.next_frame(loop, sock, buf)
                 if opcode != wire.OP_TEXT or payload != ECHO:
                     raise Failed(f"ws:{wire.close_code(payload)}" if opcode == wire.OP_CLOSE else "echo:unexpected")
                 stage = "close"
                 await loop.sock_sendall(sock, self.close)
                 while True:  # the server's close frame, then its EOF
-                    opcode, payload = await _next_frame(loop, sock, buf)
+                    opcode, payload = await wire.next_frame(loop, sock, buf)
                     if opcode == wire.OP_CLOSE:
                         break
         except Failed as exc:
@@ -105,37 +105,6 @@ class Client:
         if label and stage != "close":
             return False, 0.0, t_end - t0, label, t_conn - t0, t_up - t0
         return True, t_auth - t0, t_end - t0, "", t_conn - t0, t_up - t0
-
-
-async def _recv(loop: asyncio.AbstractEventLoop, sock: Any, buf: bytearray) -> None:
-    data = await loop.sock_recv(sock, 65536)
-    if not data:
-        raise ConnectionResetError(0, "eof")
-    buf += data
-
-
-async def _next_frame(loop: asyncio.AbstractEventLoop, sock: Any, buf: bytearray) -> tuple[int, bytes]:
-    while True:
-        frames = wire.parse_frames(buf)
-        if frames:
-            opcode, payload = frames[0]
-            if opcode == wire.OP_PING:
-                await loop.sock_sendall(sock, wire.client_frame(wire.OP_PONG, payload))
-                continue
-            # One frame at a time: put back what followed (rare: the server sends one per step).
-            rest = b"".join(_reframe(op, p) for op, p in frames[1:])
-            buf[:0] = rest
-            return opcode, payload
-        await _recv(loop, sock, buf)
-
-
-def _reframe(opcode: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes([0x80 | opcode, n]) + payload
-    if n < 65536:
-        return bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big") + payload
-    return bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big") + payload
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -7,6 +7,7 @@ test) and both servers are measured with exactly the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import os
@@ -99,30 +100,56 @@ def close_frame(code: int = 1000) -> bytes:
     return client_frame(OP_CLOSE, struct.pack("!H", code))
 
 
+def pop_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    """Pop the first complete server (unmasked) frame from ``buf``: (opcode, payload), or None."""
+    if len(buf) < 2:
+        return None
+    b1 = buf[1]
+    n = b1 & 0x7F
+    offset = 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n = struct.unpack_from("!H", buf, 2)[0]
+        offset = 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n = struct.unpack_from("!Q", buf, 2)[0]
+        offset = 10
+    if b1 & 0x80:  # masked (not from a server, but be lenient)
+        offset += 4
+    if len(buf) < offset + n:
+        return None
+    frame = (buf[0] & 0x0F, bytes(buf[offset : offset + n]))
+    del buf[: offset + n]
+    return frame
+
+
 def parse_frames(buf: bytearray) -> list[tuple[int, bytes]]:
-    """Pop every complete server (unmasked) frame from ``buf``: [(opcode, payload)]."""
+    """Pop every complete server frame from ``buf``."""
     frames = []
-    while len(buf) >= 2:
-        b1 = buf[1]
-        n = b1 & 0x7F
-        offset = 2
-        if n == 126:
-            if len(buf) < 4:
-                break
-            n = struct.unpack_from("!H", buf, 2)[0]
-            offset = 4
-        elif n == 127:
-            if len(buf) < 10:
-                break
-            n = struct.unpack_from("!Q", buf, 2)[0]
-            offset = 10
-        if b1 & 0x80:  # masked (not from a server, but be lenient)
-            offset += 4
-        if len(buf) < offset + n:
-            break
-        frames.append((buf[0] & 0x0F, bytes(buf[offset : offset + n])))
-        del buf[: offset + n]
+    while (frame := pop_frame(buf)) is not None:
+        frames.append(frame)
     return frames
+
+
+async def recv_into(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: bytearray) -> None:
+    data = await loop.sock_recv(sock, 65536)
+    if not data:
+        raise ConnectionResetError(0, "eof")
+    buf += data
+
+
+async def next_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
+    """The next frame that is not a ping; pings are answered on the way, as a client must."""
+    while True:
+        while (frame := pop_frame(buf)) is not None:
+            opcode, payload = frame
+            if opcode != OP_PING:
+                return frame
+            await loop.sock_sendall(sock, client_frame(OP_PONG, payload))
+        await recv_into(loop, sock, buf)
 
 
 def close_code(payload: bytes) -> int:
