@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import PayloadTooBig, SecurityError
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING as WS_CONNECTING
 from websockets.protocol import OPEN as WS_OPEN
 from websockets.protocol import Event, State
@@ -294,15 +294,7 @@ class Connection(asyncio.Protocol, Timed):
         ws.receive_data(head)
         events = ws.events_received()
         if events:
-            self._on_request(events[0])  # type: ignore[arg-type]
-            if rest and (self.phase is _AUTH or self.phase is _OPEN):
-                self.received = len(rest)
-                self.ws.receive_data(rest)  # type: ignore[union-attr]
-                self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
-                self._check_preauth_budget()
-            elif rest and self.phase is _OPEN:  # authenticated by its certificate at the upgrade
-                self.ws.receive_data(rest)  # type: ignore[union-attr]
-                self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
+            self._on_request(events[0], rest)  # type: ignore[arg-type]
         elif ws.handshake_exc is not None:
             if isinstance(ws.handshake_exc, SecurityError):
                 server.count_refusal("headers_too_large")  # websockets wrote its 414 or 431
@@ -330,7 +322,7 @@ class Connection(asyncio.Protocol, Timed):
             self.http = None
             self._refuse(response, None)
 
-    def _on_request(self, request: Request) -> None:
+    def _on_request(self, request: Request, rest: bytes) -> None:
         server = self.server
         ws = self.ws
         assert ws is not None
@@ -368,6 +360,17 @@ class Connection(asyncio.Protocol, Timed):
                     server.log_auth_failure(self, refused.result, str(refused))
                 self._reject(HTTPStatus.FORBIDDEN, refused.reason)
                 return
+            if identity.single_use is not None:  # consumed cluster-wide before the 101
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                server._spawn(self._consume_ticket(response, identity, rest))
+                return
+        self._upgrade(response, identity, rest)
+
+    def _upgrade(self, response: Response, identity: Identity | None, rest: bytes) -> None:
+        """Send the 101; ``identity`` (a ticket) or a client certificate authenticates it at once."""
+        server = self.server
+        ws = self.ws
+        assert ws is not None
         ws.send_response(response)
         self._flush()
         # The handshake parser's generator keeps the request (about 2 KiB of headers) alive for
@@ -375,7 +378,7 @@ class Connection(asyncio.Protocol, Timed):
         # Its size limit is the post-auth one: messages that follow the credential in the same
         # read are the app's. Before auth, the byte count and the credential's size check hold.
         ws.parser.close()
-        self.ws = _sansio(server.max_message_bytes, WS_OPEN)
+        ws = self.ws = _sansio(server.max_message_bytes, WS_OPEN)
         now = server.clock()
         self.phase = _AUTH
         self.upgraded_at = now
@@ -385,6 +388,43 @@ class Connection(asyncio.Protocol, Timed):
             self._admit(self.certificate, "certificate")
         elif identity is not None:  # the browser path: authenticated by the upgrade itself
             self._admit(identity, "cookie")
+        if rest and self.phase is _AUTH:
+            self.received = len(rest)
+            ws.receive_data(rest)
+            self._on_frames(ws.events_received())
+            self._check_preauth_budget()
+        elif rest and self.phase is _OPEN:  # authenticated at the upgrade: the frames are the app's
+            ws.receive_data(rest)
+            self._on_frames(ws.events_received())
+
+    async def _consume_ticket(self, response: Response, identity: Identity, rest: bytes) -> None:
+        """A single-use ticket in the shared replay store; the connection stays in the handshake phase meanwhile."""
+        server = self.server
+        assert identity.single_use is not None and server.replay_store is not None
+        try:
+            fresh: bool | None = await server.replay_store.consume(*identity.single_use, server.wallclock())
+        except ReplayStoreUnavailable:
+            fresh = None
+        if self.phase is not _HANDSHAKE:  # expired, evicted or gone while the store answered
+            return
+        try:
+            if fresh:
+                self._upgrade(response, identity, rest)
+            elif fresh is None:
+                server.count_auth("cookie", "unavailable")
+                server.log_auth_failure(self, "unavailable", "replay store unavailable")
+                self._refuse(server.unavailable, None)
+            else:
+                server.count_auth("cookie", "replayed")
+                server.log_auth_failure(self, "replayed", "ticket already used")
+                self._reject(HTTPStatus.FORBIDDEN, "csrf")
+            self._flush()
+        except Exception:
+            server.events.log(logging.ERROR, "internal_error", "internal error; connection dropped", exc_info=True)
+            self.abort()
+        transport = self.transport
+        if not self.reading_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def _admit_forwarded(self, request: Request) -> bool:
         """A trusted HTTP proxy's forwarded header names the client; admit it under that source."""

@@ -71,8 +71,9 @@ def build_browser_path(
     key = auth.secret or secret or ""
     if len(key.encode()) < MIN_SECRET_BYTES:
         raise ConfigError("auth.secret", f"cookie.enabled signs tickets with it: at least {MIN_SECRET_BYTES} bytes")
-    replay = ReplayCache(auth.replay_cache_size) if cookie.single_use else None
-    tickets = Tickets(key, ttl=cookie.ttl, leeway=auth.leeway, replay_cache=replay)
+    shared = cookie.single_use and auth.replay_store is not None
+    replay = ReplayCache(auth.replay_cache_size) if cookie.single_use and not shared else None
+    tickets = Tickets(key, ttl=cookie.ttl, leeway=auth.leeway, replay_cache=replay, shared_single_use=shared)
     secure = cookie.secure or config.tls.enabled  # browsers reach us over TLS: Secure and __Host-
     name = cookie_name(cookie.name, secure=secure, domain=cookie.domain)
     if cookie.authenticator is not None:

@@ -43,11 +43,18 @@ class Ticket:
 class Tickets:
     """Issues and verifies tickets with one secret; ``ttl`` bounds every ticket it accepts."""
 
-    __slots__ = ("_ticket_key", "_csrf_key", "ttl", "leeway", "replay_cache")
+    __slots__ = ("_ticket_key", "_csrf_key", "ttl", "leeway", "replay_cache", "shared_single_use")
 
     def __init__(
-        self, secret: str | bytes, *, ttl: float, leeway: float = 5.0, replay_cache: ReplayCache | None = None
+        self,
+        secret: str | bytes,
+        *,
+        ttl: float,
+        leeway: float = 5.0,
+        replay_cache: ReplayCache | None = None,
+        shared_single_use: bool = False,
     ) -> None:
+        """``shared_single_use``: the caller consumes each ticket in a shared store (``Identity.single_use``)."""
         key = secret.encode() if isinstance(secret, str) else secret
         if len(key) < MIN_SECRET_BYTES:
             raise ValueError(f"ticket secret: at least {MIN_SECRET_BYTES} bytes, got {len(key)}")
@@ -59,6 +66,7 @@ class Tickets:
         self.ttl = ttl
         self.leeway = leeway
         self.replay_cache = replay_cache
+        self.shared_single_use = shared_single_use
 
     def issue(self, subject: str, now: float, *, ttl: float | None = None, until: float = math.inf) -> Ticket:
         """``until``: when the credential behind the ticket ends, and so the connection it opens."""
@@ -97,8 +105,10 @@ class Tickets:
             raise AuthError("replayed", "ticket already used (or replay cache full)")
         subject = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
         until = float(bound) or math.inf
-        claims = {"sub": subject} if until == math.inf else {"sub": subject, "exp": until}
-        return Identity(subject, MappingProxyType(claims), until)
+        claims = MappingProxyType({"sub": subject} if until == math.inf else {"sub": subject, "exp": until})
+        if self.shared_single_use:  # remembered until the ticket stops being accepted, leeway included
+            return Identity(subject, claims, until, ("ticket:" + nonce, expires_at + self.leeway))
+        return Identity(subject, claims, until)
 
     def _mac(self, signed: str) -> str:
         return _b64(hmac.digest(self._ticket_key, signed.encode(), "sha256"))

@@ -309,3 +309,29 @@ def test_over_tls_the_cookie_is_host_prefixed_and_secure(serve, tmp_path):
         open_timeout=10,
     ) as ws:
         assert json.loads(ws.recv(timeout=10)) == {"type": "authenticated", "subject": "alice"}
+
+
+def test_with_a_shared_replay_store_a_single_use_ticket_opens_one_socket_across_instances(serve):
+    """Two instances, one Redis: the ticket is consumed there before the 101, and a store that is down fails closed."""
+    from test_replay_store import RedisServer
+
+    redis = RedisServer()
+    try:
+        one, two = (cookie_server(serve, cookie__single_use=True, auth__replay_store=redis.url) for _ in range(2))
+        csrf, cookie = preauth(one.port)
+        sock, status = open_socket(one.port, cookie=cookie, csrf=csrf, extra=frame(Opcode.TEXT, b"eager"))
+        assert status == 101
+        assert read_frame(sock) == (Opcode.TEXT, AUTHENTICATED)
+        assert read_frame(sock) == (Opcode.TEXT, b"eager")  # frames behind the request wait for the store
+        _, status = open_socket(two.port, cookie=cookie, csrf=csrf, src=source(2))
+        assert status == 403
+        assert _cookie_auth(two, "replayed") == 1 and _rejected(two, "csrf") == 1
+        fresh_csrf, fresh_cookie = preauth(two.port)
+        redis.stop()
+        _, status = open_socket(two.port, cookie=fresh_cookie, csrf=fresh_csrf)
+        assert status == 503  # not accepted unchecked
+        assert _cookie_auth(two, "unavailable") == 1
+        assert _cookie_auth(one, "ok") + _cookie_auth(two, "ok") == 1
+    finally:
+        if redis.proc.poll() is None:
+            redis.stop()
