@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import PayloadTooBig, SecurityError
 from websockets.frames import Frame, Opcode
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING as WS_CONNECTING
 from websockets.protocol import OPEN as WS_OPEN
@@ -313,6 +314,8 @@ class Connection(asyncio.Protocol, Timed):
             self.http,
             data,
             source=self.source,
+            # A trusted HTTP proxy's connection: its forwarded header names the client.
+            admit=self._forwarded_client if self.source is None else None,
             host=self.host,
             allowed_origins=server.allowed_origins,
             now=server.clock(),
@@ -322,11 +325,15 @@ class Connection(asyncio.Protocol, Timed):
             self.http = None
             self._refuse(response, None)
 
+    def _forwarded_client(self, headers: Headers) -> tuple[object, str] | None:
+        """The (source, host) a preauth POST counts under, or None: refused, and answered."""
+        return (self.source, self.host) if self._admit_forwarded(headers) else None
+
     def _on_request(self, request: Request, rest: bytes) -> None:
         server = self.server
         ws = self.ws
         assert ws is not None
-        if self.source is None and not self._admit_forwarded(request):
+        if self.source is None and not self._admit_forwarded(request.headers):
             return
         path = request.path.partition("?")[0]
         if path != server.path:
@@ -426,12 +433,12 @@ class Connection(asyncio.Protocol, Timed):
         if not self.reading_paused and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
-    def _admit_forwarded(self, request: Request) -> bool:
+    def _admit_forwarded(self, headers: Headers) -> bool:
         """A trusted HTTP proxy's forwarded header names the client; admit it under that source."""
         server = self.server
         name = server.forwarded
         assert name is not None
-        client = forwarded_client(request.headers.get_all(name), name, server.forwarded_hops)
+        client = forwarded_client(headers.get_all(name), name, server.forwarded_hops)
         if server.admit_client(self, client or self.host) is None:
             return True
         self._refuse(server.too_many, None)

@@ -62,9 +62,10 @@ class Refusal(Exception):
 class RequestReader:
     """One request read incrementally: the head until its empty line, then Content-Length bytes of body."""
 
-    __slots__ = ("buffer", "head", "body_length", "max_bytes", "max_body")
+    __slots__ = ("buffer", "head", "body_length", "max_bytes", "max_body", "host")
 
     def __init__(self, max_bytes: int, max_body: int) -> None:
+        self.host = ""  # the client's address, when a trusted proxy names it
         self.buffer = bytearray()
         self.head: tuple[str, str, Headers] | None = None
         self.body_length = 0
@@ -143,8 +144,14 @@ class Preauth:
         allowed_origins: Collection[str],
         now: float,
         wallclock: float,
+        admit: Callable[[Headers], tuple[object, str] | None] | None = None,
     ) -> bytes | None:
-        """The complete response once the request is in (or refused); None while more is needed."""
+        """The complete response once the request is in (or refused); None while more is needed.
+
+        ``admit``: for a connection whose source is not known until its headers are (behind a
+        trusted HTTP proxy), admits the client they name and returns its (source, host); None
+        means admission refused it and answered already.
+        """
         try:
             already = reader.head is not None
             head = reader.feed(data)
@@ -152,6 +159,11 @@ class Preauth:
                 return None
             method, target, headers = head
             if not already:
+                if admit is not None:
+                    client = admit(headers)
+                    if client is None:
+                        return None
+                    source, reader.host = client
                 self._route(method, target, headers, source, allowed_origins, now)
             body = reader.body()
             if body is None:
@@ -160,7 +172,7 @@ class Preauth:
             self.metrics.rejected[refusal.reason].inc()
             too_many = refusal.status is HTTPStatus.TOO_MANY_REQUESTS
             return _refusal(refusal.status, *(self.retry_after if too_many else ()))
-        request = PreauthRequest(method, target, headers, body, host, _cookies(headers))
+        request = PreauthRequest(method, target, headers, body, reader.host or host, _cookies(headers))
         handler = self.routes.get(request.path, self._issue)
         return handler(request, wallclock)
 

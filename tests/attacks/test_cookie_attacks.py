@@ -335,3 +335,26 @@ def test_with_a_shared_replay_store_a_single_use_ticket_opens_one_socket_across_
     finally:
         if redis.proc.poll() is None:
             redis.stop()
+
+
+def test_behind_a_trusted_http_proxy_preauth_counts_the_client_its_header_names(serve):
+    """The rate and the pending caps apply per client, not to the proxy as one source."""
+    server = cookie_server(
+        serve,
+        server__forwarded_header="x-forwarded-for",
+        server__trusted_proxies=["127.0.0.1/32"],
+        cookie__preauth_rate=0.01,
+        cookie__preauth_burst=1,
+        cookie__authenticator="sample_apps:session_authenticator",
+        server__app="sample_apps:whoami",
+    )
+    session = {"Cookie": "session=s3cret-session-of-bob"}
+    first = post(server.port, headers={**session, "X-Forwarded-For": "10.66.0.1"})
+    again = post(server.port, headers={**session, "X-Forwarded-For": "10.66.0.1"})
+    other = post(server.port, headers={**session, "X-Forwarded-For": "10.66.0.2"})
+    assert [first[0], again[0], other[0]] == [200, 429, 200]
+    assert _rejected(server, "preauth_rate") == 1
+    csrf, cookie = json.loads(other[2])["csrf"], other[1]["Set-Cookie"].partition(";")[0].partition("=")[2]
+    sock, status = open_socket(server.port, cookie=cookie, csrf=csrf)
+    assert status == 101 and read_frame(sock)[1] == b'{"type": "authenticated", "subject": "bob"}'
+    wait_for(lambda: server.call(lambda: server.server.admission.total) == 0, what="nothing pending")
