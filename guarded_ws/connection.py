@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import IntEnum
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -406,28 +406,43 @@ class Connection(asyncio.Protocol, Timed):
 
     async def _consume_ticket(self, response: Response, identity: Identity, rest: bytes) -> None:
         """A single-use ticket in the shared replay store; the connection stays in the handshake phase meanwhile."""
+        assert identity.single_use is not None
+        fresh = await self._consume_single_use(identity.single_use)
+        self._after_store(lambda: self._on_ticket_consumed(response, identity, rest, fresh))
+
+    def _on_ticket_consumed(self, response: Response, identity: Identity, rest: bytes, fresh: bool | None) -> None:
         server = self.server
-        assert identity.single_use is not None and server.replay_store is not None
-        try:
-            fresh: bool | None = await server.replay_store.consume(*identity.single_use, server.wallclock())
-        except ReplayStoreUnavailable:
-            fresh = None
         if self.phase is not _HANDSHAKE:  # expired, evicted or gone while the store answered
             return
+        if fresh:
+            self._upgrade(response, identity, rest)
+        elif fresh is None:
+            server.count_auth("cookie", "unavailable")
+            server.log_auth_failure(self, "unavailable", "replay store unavailable")
+            self._refuse(server.unavailable, None)
+        else:
+            server.count_auth("cookie", "replayed")
+            server.log_auth_failure(self, "replayed", "ticket already used")
+            self._reject(HTTPStatus.FORBIDDEN, "csrf")
+        self._flush()
+
+    async def _consume_single_use(self, single_use: tuple[str, float]) -> bool | None:
+        """True the first time the key is consumed cluster-wide, False on a replay, None: no answer (fail closed)."""
+        server = self.server
+        assert server.replay_store is not None
         try:
-            if fresh:
-                self._upgrade(response, identity, rest)
-            elif fresh is None:
-                server.count_auth("cookie", "unavailable")
-                server.log_auth_failure(self, "unavailable", "replay store unavailable")
-                self._refuse(server.unavailable, None)
-            else:
-                server.count_auth("cookie", "replayed")
-                server.log_auth_failure(self, "replayed", "ticket already used")
-                self._reject(HTTPStatus.FORBIDDEN, "csrf")
-            self._flush()
+            return await server.replay_store.consume(*single_use, server.wallclock())
+        except ReplayStoreUnavailable:
+            return None
+
+    def _after_store(self, step: Callable[[], None]) -> None:
+        """Go on once the store answered: a bug costs this connection alone; then reading resumes."""
+        try:
+            step()
         except Exception:
-            server.events.log(logging.ERROR, "internal_error", "internal error; connection dropped", exc_info=True)
+            self.server.events.log(
+                logging.ERROR, "internal_error", "internal error; connection dropped", exc_info=True
+            )
             self.abort()
         transport = self.transport
         if not self.reading_paused and transport is not None and not transport.is_closing():
@@ -511,27 +526,15 @@ class Connection(asyncio.Protocol, Timed):
         self.server._spawn(self._consume(identity))
 
     async def _consume(self, identity: Identity) -> None:
-        server = self.server
-        assert identity.single_use is not None and server.replay_store is not None
-        key, until = identity.single_use
-        try:
-            fresh: bool | None = await server.replay_store.consume(key, until, server.wallclock())
-        except ReplayStoreUnavailable:
-            fresh = None
+        assert identity.single_use is not None
+        fresh = await self._consume_single_use(identity.single_use)
         held, self._held = self._held or [], None
-        try:
-            # Not so if it expired, was evicted or left while the store answered.
-            if self.phase is _AUTH and self.ws.state is WS_OPEN:  # type: ignore[union-attr]
-                self._on_consumed(identity, fresh, held)
-        except Exception:
-            server.events.log(logging.ERROR, "internal_error", "internal error; connection dropped", exc_info=True)
-            self.abort()
-        transport = self.transport
-        if not self.reading_paused and transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        self._after_store(lambda: self._on_consumed(identity, fresh, held))
 
     def _on_consumed(self, identity: Identity, fresh: bool | None, held: list[Frame]) -> None:
         server = self.server
+        if self.phase is not _AUTH or self.ws.state is not WS_OPEN:  # type: ignore[union-attr]
+            return  # expired, evicted or left while the store answered
         method = server.verifier.method
         if fresh is None:
             server.count_auth(method, "unavailable")
