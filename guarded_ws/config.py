@@ -542,8 +542,9 @@ def _build(values: _Values, secret: str | None, relay_secret: str | None = None)
     if server["workers"] > 1 and auth["single_use"] and auth["replay_store"] is None:
         # Each worker would remember its own jtis: a token could be used once per worker.
         raise ConfigError("auth.replay_store", "required by auth.single_use with server.workers > 1")
-    if server["workers"] > 1 and values["cookie"]["single_use"]:
-        raise ConfigError("cookie.single_use", "tickets are remembered per process: not with server.workers > 1")
+    if server["workers"] > 1 and values["cookie"]["single_use"] and auth["replay_store"] is None:
+        # The same for tickets: consumed in the shared store, or once per worker.
+        raise ConfigError("auth.replay_store", "required by cookie.single_use with server.workers > 1")
     _check_algorithms(auth["algorithms"])
     _check_public_key(auth["algorithms"], auth["public_key_file"])
     _check_tls(values["tls"])

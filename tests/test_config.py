@@ -593,3 +593,12 @@ def test_preauth_bearer_check_cannot_skip_a_shared_replay_store(tmp_path):
         load(tmp_path, overrides=shared)
     assert caught.value.key == "cookie.authenticator"
     assert load(tmp_path, overrides={**shared, "cookie.authenticator": "mymodule:check"}).cookie.enabled
+
+
+def test_single_use_tickets_with_workers_need_the_shared_store(tmp_path):
+    tickets = {**ORIGIN, "cookie.enabled": True, "cookie.single_use": True, "server.workers": 2}
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, overrides=tickets)
+    assert caught.value.key == "auth.replay_store" and "cookie.single_use" in str(caught.value)
+    shared = load(tmp_path, overrides={**tickets, "auth.replay_store": "redis://127.0.0.1:6379/0"})
+    assert shared.cookie.single_use and shared.server.workers == 2
