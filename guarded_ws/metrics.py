@@ -47,6 +47,7 @@ PENDING_PHASES = ("handshake", "auth")
 DEADLINE_PHASES = ("tls", "handshake", "auth", "credential")
 AUTH_METHODS = ("token", "hook", "certificate", "cookie", "preauth")
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
+RELAY_RESULTS = ("linked", "unavailable", "lost")
 
 # From loopback latencies (~1 ms) up to the longest default deadline and beyond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -128,6 +129,13 @@ class Metrics:
             PREFIX + "accept_errors_total", "accept() failures, by errno.", ["errno"], registry=r
         )
         self.accept_errors = {name: errors.labels(name) for name in ACCEPT_ERRNOS}
+        relay = Counter(
+            PREFIX + "relay_upstream_total",
+            "Relay app links to the upstream: opened, unavailable at connect (1013), lost (1014).",
+            ["result"],
+            registry=r,
+        )
+        self.relay_upstream = {result: relay.labels(result) for result in RELAY_RESULTS}
         tls_failures = Counter(
             PREFIX + "tls_handshake_failures_total",
             "TLS handshakes that failed, or client certificates refused after one, by reason.",

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from prometheus_client import Counter
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as UpstreamClosed
 from websockets.exceptions import InvalidHandshake
@@ -82,13 +83,16 @@ class Relay:
         max_message_bytes: int = 1048576,
         close_timeout: float = 5.0,
         wallclock: Callable[[], float] = time.time,
+        counts: Mapping[str, Counter] | None = None,
     ) -> None:
+        """``counts``: the ``relay_upstream_total`` counters by result (linked, unavailable, lost)."""
         self.upstream = upstream
         self.secret = secret
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.close_timeout = close_timeout
         self.wallclock = wallclock
+        self.counts = counts
         self.links: set[ClientConnection] = set()  # open upstream connections, for shutdown and tests
         self.events = RateLimitedLogger(log)
 
@@ -107,20 +111,30 @@ class Relay:
             )
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self.events.log(logging.WARNING, "upstream_connect", "upstream unavailable: %s", type(exc).__name__)
+            self._count("unavailable")
             await session.close(Close.TRY_AGAIN_LATER, "upstream unavailable")
             return
         self.links.add(upstream)
+        self._count("linked")
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(_to_upstream(session, upstream))
-                tasks.create_task(_to_client(upstream, session))
+                down = tasks.create_task(_to_client(upstream, session))
                 code, reason = await session.wait_closed()
                 await upstream.close(*code_for_upstream(code, reason))
+            if down.result() == Close.BAD_GATEWAY:
+                self.events.log(logging.WARNING, "upstream_lost", "upstream went away during a link")
+                self._count("lost")
         finally:
             # Cancelled (the server shutting down) while closing: finish the upstream's close
             # handshake all the same, within close_timeout; a no-op when it is closed already.
             await upstream.close(Close.GOING_AWAY, "client went away")
             self.links.discard(upstream)
+
+
+    def _count(self, result: str) -> None:
+        if self.counts is not None:
+            self.counts[result].inc()
 
 
 async def _to_upstream(session: Session, upstream: ClientConnection) -> None:
@@ -132,14 +146,17 @@ async def _to_upstream(session: Session, upstream: ClientConnection) -> None:
         return
 
 
-async def _to_client(upstream: ClientConnection, session: Session) -> None:
-    """Until the upstream is gone, then close the client with what that means to it."""
+async def _to_client(upstream: ClientConnection, session: Session) -> int | None:
+    """Until the upstream is gone, then close the client with what that means to it; the code sent, if any."""
     try:
         async for message in upstream:
             await session.send(message)
     except ConnectionClosed:
-        return  # the client left: the app closes the upstream
+        return None  # the client left: the app closes the upstream
     except UpstreamClosed:
         pass  # closed with an error code: mapped below like any other
-    code = upstream.close_code if upstream.close_code is not None else 1006
-    await session.close(*code_for_client(code, upstream.close_reason or ""))
+    if session.closed:
+        return None  # the client left first, and the app closed the upstream
+    code, reason = code_for_client(upstream.close_code or 1006, upstream.close_reason or "")
+    await session.close(code, reason)
+    return code

@@ -49,7 +49,7 @@ def build_verifier(config: Config, secret: str | None = None) -> Verifier:
     )
 
 
-def build_app(config: Config) -> App:
+def build_app(config: Config, metrics: Metrics) -> App:
     if config.server.app != "relay":
         return load_app(config.server.app)
     relay = config.relay
@@ -60,6 +60,7 @@ def build_app(config: Config) -> App:
         connect_timeout=relay.connect_timeout,
         max_message_bytes=config.limits.max_message_bytes,
         close_timeout=config.limits.close_timeout,
+        counts=metrics.relay_upstream,
     )
 
 
@@ -126,7 +127,7 @@ def build_server(config: Config, *, secret: str | None = None, nofile: int, metr
         endpoint, cookie_auth = build_browser_path(config, verifier, metrics, secret)
     return Server(
         config,
-        app=build_app(config),
+        app=build_app(config, metrics),
         verifier=verifier,
         max_pending_total=pending_total,
         max_connections_total=connections_total,

@@ -66,6 +66,7 @@ METRICS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "guarded_ws_tls_handshake_failures_total": {"reason": TLS_FAILURES},
     "guarded_ws_limit": {"name": LIMIT_NAMES},
     "guarded_ws_build_info": {"version": None},
+    "guarded_ws_relay_upstream_total": {"result": ("linked", "unavailable", "lost")},
     "process_cpu_seconds_total": {},
     "process_resident_memory_bytes": {},
     "process_virtual_memory_bytes": {},

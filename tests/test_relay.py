@@ -113,6 +113,10 @@ def relay(serve, tmp_path: Path):
     return start
 
 
+def relayed(server, result: str) -> float:
+    return server.metric("guarded_ws_relay_upstream_total", result=result)
+
+
 def test_messages_go_both_ways_and_the_upstream_gets_a_verifiable_identity(relay, upstreams):
     upstream = upstreams(echo)
     server = relay(upstream.url)
@@ -126,6 +130,7 @@ def test_messages_go_both_ways_and_the_upstream_gets_a_verifiable_identity(relay
     assert identity.source == source(2)
     assert identity.claims["sub"] == "alice" and "exp" in identity.claims
     assert upstream.refused == 0
+    assert relayed(server, "linked") == 1 and relayed(server, "lost") == 0
 
 
 def test_the_upstream_refuses_a_forged_identity_and_the_verifier_refuses_tampering(relay, upstreams):
@@ -220,6 +225,7 @@ def test_upstream_down_at_connect_closes_the_client_with_1013(relay):
     sock = authenticated_raw(server.port, source(2))
     assert read_close(sock) == 1013
     sock.close()
+    assert relayed(server, "unavailable") == 1 and relayed(server, "linked") == 0
 
 
 @pytest.mark.parametrize(
@@ -241,6 +247,7 @@ def test_when_the_upstream_leaves_the_client_gets_a_meaningful_code(relay, upstr
     assert read_close(sock) == code
     sock.close()
     wait_for(lambda: server.call(lambda: not server.server.app.links), what="the link to go")
+    assert relayed(server, "lost") == (1 if code == 1014 else 0)
 
 
 @pytest.mark.parametrize(("leaving", "code"), [("close", 1000), ("drop", 1001), ("app code", 4001)])
