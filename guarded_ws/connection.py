@@ -78,6 +78,26 @@ def _head_end(buffered: bytearray, data: bytes) -> int:
     return end - len(buffered)
 
 
+MAX_FRAME_HEADER = 10  # what a frame's size can be read from: 2 bytes and a 64-bit length
+
+
+def frame_size(head: bytes) -> int | None:
+    """The whole size of the frame ``head`` starts with (header, mask, payload), or None if ``head`` is too short to tell."""
+    if len(head) < 2:
+        return None
+    size = head[1] & 0x7F
+    offset = 2
+    if size == 126:
+        offset = 4
+    elif size == 127:
+        offset = 10
+    if len(head) < offset:
+        return None
+    if offset > 2:
+        size = int.from_bytes(head[2:offset], "big")
+    return offset + (4 if head[1] & 0x80 else 0) + size
+
+
 class Phase(IntEnum):
     HANDSHAKE = 0
     AUTH = 1
@@ -111,6 +131,8 @@ class Connection(asyncio.Protocol, Timed):
         "_fragments",
         "_fragment_op",
         "_held",
+        "_frame_left",
+        "_frame_head",
     )
 
     def __init__(self, server: Server, source: object, host: str, now: float) -> None:
@@ -135,6 +157,8 @@ class Connection(asyncio.Protocol, Timed):
         self._fragments: bytearray | None = None
         self._fragment_op = _TEXT
         self._held: list[Frame] | None = None  # frames behind a credential the replay store is checking
+        self._frame_left = 0  # before auth: bytes of the current frame not fed to the parser yet
+        self._frame_head = b""  # before auth: a frame header split between reads
 
     def __call__(self) -> Connection:
         """Be our own protocol factory: no closure per accepted socket."""
@@ -167,10 +191,7 @@ class Connection(asyncio.Protocol, Timed):
             self.ws.receive_data(data)  # type: ignore[union-attr]
             self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
         elif phase is _AUTH:
-            self.received += len(data)
-            self.ws.receive_data(data)  # type: ignore[union-attr]
-            self._on_frames(self.ws.events_received())  # type: ignore[union-attr]
-            self._check_preauth_budget()
+            self._on_auth_data(data)
         elif phase is _HANDSHAKE:
             if self.ws is None and self.server.proxy_protocol:
                 data = self._on_proxy_data(data)
@@ -396,10 +417,7 @@ class Connection(asyncio.Protocol, Timed):
         elif identity is not None:  # the browser path: authenticated by the upgrade itself
             self._admit(identity, "cookie")
         if rest and self.phase is _AUTH:
-            self.received = len(rest)
-            ws.receive_data(rest)
-            self._on_frames(ws.events_received())
-            self._check_preauth_budget()
+            self._on_auth_data(rest)
         elif rest and self.phase is _OPEN:  # authenticated at the upgrade: the frames are the app's
             ws.receive_data(rest)
             self._on_frames(ws.events_received())
@@ -458,6 +476,35 @@ class Connection(asyncio.Protocol, Timed):
             return True
         self._refuse(server.too_many, None)
         return False
+
+    def _on_auth_data(self, data: bytes) -> None:
+        """Feed the frame parser one frame at a time until the credential is checked.
+
+        The parser answers a close frame as soon as it reads one: a token, messages and a
+        close arriving in one read must reach it in that order, or the token is never
+        checked and the messages never delivered.
+        """
+        self.received += len(data)
+        ws = self.ws
+        assert ws is not None
+        while data and self.phase is _AUTH:
+            if not self._frame_left:
+                head = self._frame_head + data[:MAX_FRAME_HEADER]
+                size = frame_size(head)
+                if size is None:  # the read ends inside a frame header
+                    self._frame_head = head
+                    break
+                self._frame_left = size - len(self._frame_head)
+                self._frame_head = b""
+            n = min(self._frame_left, len(data))
+            self._frame_left -= n
+            ws.receive_data(data[:n])
+            data = data[n:]
+            self._on_frames(ws.events_received())
+        if data:  # a split frame header, the app's messages once authenticated, or a refused peer's bytes
+            ws.receive_data(data)
+            self._on_frames(ws.events_received())
+        self._check_preauth_budget()
 
     def _on_frames(self, frames: list[Event]) -> None:
         for frame in frames:
