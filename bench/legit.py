@@ -66,12 +66,9 @@ class Client:
                 stage = "upgrade"
                 await loop.sock_sendall(sock, self.request)
                 buf = bytearray()
-                while (end := buf.find(b"\r\n\r\n")) < 0:
-                    await wire.recv_into(loop, sock, buf)
-                status = wire.status_of(bytes(buf[:16]))
+                status = await wire.read_head(loop, sock, buf)
                 if status != 101:
                     raise Failed(f"http:{status}")
-                del buf[: end + 4]
                 t_up = time.monotonic()
                 stage = "auth"
                 await loop.sock_sendall(sock, self.tokens.frame(f"legit-{(i + self.salt) % 997}"))

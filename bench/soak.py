@@ -76,11 +76,9 @@ class Legit:
                 stage = "upgrade"
                 await loop.sock_sendall(sock, self.request)
                 buf = bytearray()
-                while (end := buf.find(b"\r\n\r\n")) < 0:
-                    await wire.recv_into(loop, sock, buf)
-                if wire.status_of(bytes(buf[:16])) != 101:
-                    raise _Failed(f"http:{wire.status_of(bytes(buf[:16]))}")
-                del buf[: end + 4]
+                status = await wire.read_head(loop, sock, buf)
+                if status != 101:
+                    raise _Failed(f"http:{status}")
                 stage = "auth"
                 await loop.sock_sendall(sock, self.tokens.frame(f"soak-{i % 97}"))
                 opcode, payload = await wire.next_frame(loop, sock, buf)
@@ -157,13 +155,10 @@ class Attacks:
                     return
                 await loop.sock_sendall(sock, self.request)
                 buf = bytearray()
-                while (end := buf.find(b"\r\n\r\n")) < 0:
-                    await wire.recv_into(loop, sock, buf)
-                status = wire.status_of(bytes(buf[:16]))
+                status = await wire.read_head(loop, sock, buf)
                 if status != 101:
                     self.outcomes[f"{kind}:http:{status}"] += 1
                     return
-                del buf[: end + 4]
                 payloads = self.payloads[kind]
                 await loop.sock_sendall(sock, payloads[i % len(payloads)])
                 while True:

@@ -141,6 +141,15 @@ async def recv_into(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: b
     buf += data
 
 
+async def read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: bytearray) -> int | None:
+    """Read the server's HTTP response head into ``buf``, take it out, and return its status."""
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        await recv_into(loop, sock, buf)
+    status = status_of(bytes(buf[:16]))
+    del buf[: end + 4]
+    return status
+
+
 async def next_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
     """The next frame that is not a ping; pings are answered on the way, as a client must."""
     while True:

@@ -9,7 +9,7 @@ subject or a credential.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.metrics import disable_created_metrics
@@ -65,20 +65,18 @@ class Metrics:
         self.accepted = Counter(
             PREFIX + "connections_accepted_total", "Connections accepted from the listener.", registry=r
         )
-        rejected = Counter(
-            PREFIX + "connections_rejected_total",
+        self.rejected = self._counters(
+            "connections_rejected_total",
             "Connections refused, by reason.",
-            ["reason"],
-            registry=r,
+            "reason",
+            REJECT_REASONS,
         )
-        self.rejected = {reason: rejected.labels(reason) for reason in REJECT_REASONS}
-        evicted = Counter(
-            PREFIX + "connections_evicted_total",
+        self.evicted = self._counters(
+            "connections_evicted_total",
             "Pending connections closed to admit newer ones (overload policy evict-oldest).",
-            ["phase"],
-            registry=r,
+            "phase",
+            PENDING_PHASES,
         )
-        self.evicted = {phase: evicted.labels(phase) for phase in PENDING_PHASES}
         self._pending = Gauge(
             PREFIX + "pending_connections", "Connections not authenticated yet, by phase.", ["phase"], registry=r
         )
@@ -94,13 +92,12 @@ class Metrics:
         self.auth_attempts = {
             (method, result): attempts.labels(method, result) for method in AUTH_METHODS for result in RESULTS
         }
-        expired = Counter(
-            PREFIX + "deadline_expired_total",
+        self.deadline_expired = self._counters(
+            "deadline_expired_total",
             "Connections closed because a deadline passed: a pending phase's, or their credential's expiry.",
-            ["phase"],
-            registry=r,
+            "phase",
+            DEADLINE_PHASES,
         )
-        self.deadline_expired = {phase: expired.labels(phase) for phase in DEADLINE_PHASES}
         self.handshake_duration = Histogram(
             PREFIX + "handshake_duration_seconds",
             "From accept to the 101 response.",
@@ -125,24 +122,29 @@ class Metrics:
             PREFIX + "limit", "Configured caps and deadlines, to draw 'used vs cap'.", ["name"], registry=r
         )
         Info(PREFIX + "build", "The running version.", registry=r).info({"version": __version__})
-        errors = Counter(
-            PREFIX + "accept_errors_total", "accept() failures, by errno.", ["errno"], registry=r
+        self.accept_errors = self._counters(
+            "accept_errors_total",
+            "accept() failures, by errno.",
+            "errno",
+            ACCEPT_ERRNOS,
         )
-        self.accept_errors = {name: errors.labels(name) for name in ACCEPT_ERRNOS}
-        relay = Counter(
-            PREFIX + "relay_upstream_total",
+        self.relay_upstream = self._counters(
+            "relay_upstream_total",
             "Relay app links to the upstream: opened, unavailable at connect (1013), lost (1014).",
-            ["result"],
-            registry=r,
+            "result",
+            RELAY_RESULTS,
         )
-        self.relay_upstream = {result: relay.labels(result) for result in RELAY_RESULTS}
-        tls_failures = Counter(
-            PREFIX + "tls_handshake_failures_total",
+        self.tls_failures = self._counters(
+            "tls_handshake_failures_total",
             "TLS handshakes that failed, or client certificates refused after one, by reason.",
-            ["reason"],
-            registry=r,
+            "reason",
+            TLS_FAILURES,
         )
-        self.tls_failures = {reason: tls_failures.labels(reason) for reason in TLS_FAILURES}
+
+    def _counters(self, name: str, documentation: str, label: str, values: Iterable[str]) -> dict[str, Counter]:
+        """A counter family with one label, every child bound now: the hot path indexes a dict."""
+        family = Counter(PREFIX + name, documentation, [label], registry=self.registry)
+        return {value: family.labels(value) for value in values}
 
     def set_limits(self, limits: Mapping[str, float]) -> None:
         for name, value in limits.items():
