@@ -9,7 +9,8 @@ nothing; it
 - reserves the port (a bound socket that never listens), so a port given as 0 is
   the same for every worker and a restarted worker finds its port free;
 - restarts a worker that dies, after a back-off that doubles while it keeps dying
-  young (:class:`Backoff`);
+  young (:class:`Backoff`), and kills one that hangs (its admin socket silent for
+  ``HUNG_AFTER`` seconds), since the kernel would keep handing it connections;
 - forwards SIGTERM/SIGINT so every worker drains (1001 to authenticated clients);
 - serves one ``/metrics`` that combines the workers' pages (:mod:`guarded_ws.aggregate`),
   which each worker serves on a unix socket in a private directory.
@@ -47,6 +48,9 @@ REFRESH_INTERVAL = 5.0  # s: at most this much of a killed worker's counting is 
 SCRAPE_TIMEOUT = 2.0
 START_TIMEOUT = 30.0  # for every worker to answer /readyz at start-up
 STOP_GRACE = 5.0  # s beyond drain_timeout + close_timeout before a worker is killed
+# A worker whose loop has not answered for this long is hung (its admin port runs on that loop):
+# it still holds its share of the port, so the kernel keeps handing it connections. Kill it.
+HUNG_AFTER = 20.0
 
 
 class Backoff:
@@ -74,6 +78,7 @@ class Worker:
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     families: list[Metric] = field(default_factory=list)  # from its last /metrics page
+    answered_at: float = 0.0  # when its admin port last answered (or it started)
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -171,7 +176,7 @@ class Supervisor:
         await process.stdin.drain()
         process.stdin.close()
         worker.process = process
-        worker.started_at = self.clock()
+        worker.started_at = worker.answered_at = self.clock()
         self._keep(self._watch(worker, process))
 
     async def _watch(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
@@ -238,12 +243,23 @@ class Supervisor:
     # Metrics
 
     async def refresh(self) -> None:
-        """Scrape every live worker; one that does not answer keeps its last page."""
+        """Scrape every live worker; one that does not answer keeps its last page, and is killed once hung."""
         live = [(worker, worker.process) for worker in self.workers if worker.process is not None]
         pages = await asyncio.gather(*(_get(worker.admin_path, b"/metrics") for worker, _ in live))
+        now = self.clock()
         for (worker, process), answer in zip(live, pages):
-            if answer is not None and answer[0] == 200 and worker.process is process:
+            if worker.process is not process:
+                continue  # it died meanwhile
+            if answer is not None and answer[0] == 200:
                 worker.families = parse(answer[1].decode())
+                worker.answered_at = now
+            elif now - worker.answered_at > HUNG_AFTER and not self.stopping:
+                silent = now - worker.answered_at
+                log.warning(
+                    "worker %d (pid %d) has not answered for %.0f s: killing it", worker.index, process.pid, silent
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()  # _watch restarts it
 
     async def _refresh_periodically(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from websockets.frames import Opcode
 from websockets.sync.client import ClientConnection
 
 from guarded_ws.config import ConfigError, load_config
-from guarded_ws.supervisor import Backoff
+from guarded_ws.supervisor import HUNG_AFTER, REFRESH_INTERVAL, Backoff
 
 from support import (
     ServerProcess,
@@ -166,6 +167,25 @@ def test_a_killed_worker_is_replaced_and_the_sums_stay_right(supervised):
     wait_for(served_by_replacement, timeout=20, what="the new worker to get a connection")
     for ws in survivors:
         ws.close()
+
+
+@pytest.mark.slow
+def test_a_hung_worker_is_killed_and_replaced(supervised):
+    server = supervised(2)
+    hung = min(workers_of(server))
+    os.kill(hung, signal.SIGSTOP)  # alive, holding its share of the port, answering nothing
+    try:
+        server.wait_line("has not answered", timeout=HUNG_AFTER + 2 * REFRESH_INTERVAL + 10)
+        replaced = lambda: hung not in workers_of(server) and len(workers_of(server)) == 2  # noqa: E731
+        wait_for(replaced, timeout=20, what="a new worker")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    samples, _ = scrape(server)
+    assert samples[("guarded_ws_worker_restarts_total", ())] == 1
+    ws, pid = connect(server, 2)
+    assert pid in workers_of(server)
+    ws.close()
 
 
 @pytest.mark.slow
