@@ -513,12 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1 or args.duration <= 0:
         parser().error("--count and --duration must be positive")
     report = flood(args)
-    text = json.dumps(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        print(text)
+    wire.emit(report, args.out)
     return 1 if report["errors"] else 0
 
 

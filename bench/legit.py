@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import signal
@@ -283,12 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rate and not args.max_sessions and args.duration <= 0:
         parser().error("give a bound: --duration or --max-sessions")
     report = run(args)
-    text = json.dumps(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        print(text)
+    wire.emit(report, args.out)
     return 0
 
 

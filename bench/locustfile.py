@@ -33,6 +33,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -660,6 +661,43 @@ class Attacker(WebSocketUser):
             self.could_not_start(started, exc, name)
         return None
 
+    def after_upgrade(
+        self,
+        act: Callable[[websocket.WebSocket, float], None],
+        grace: float,
+        closes: tuple[int, ...],
+        name: str | None = None,
+    ) -> None:
+        """One attempt on an upgraded connection: ``act(ws, deadline)``, then one of ``closes``
+        expected within ``grace`` of when it began; the connection goes either way."""
+        ws = self.upgraded(time.perf_counter(), name)
+        if ws is None:
+            return
+        try:
+            began = time.perf_counter()
+            deadline = began + grace
+            act(ws, deadline)
+            self.verdict(began, wait_close(ws, deadline), deadline, closes=closes, name=name)
+        finally:
+            drop(ws)
+
+
+def trickle(sock: socket.socket, data: bytes, began: float, deadline: float) -> None:
+    """All of ``data`` but its last byte, a byte at a time over twice the deadline (so a server
+    that extended it would be caught), until the server answers or the deadline passes."""
+    interval = min(0.5, max(0.005, 2 * (deadline - began) / len(data)))
+    for i in range(len(data) - 1):
+        if readable(sock, interval) or time.perf_counter() > deadline:
+            break
+        try:
+            sock.send(data[i : i + 1])
+        except OSError:
+            break
+
+
+def _silent(ws: websocket.WebSocket, deadline: float) -> None:
+    pass
+
 
 # Pending-phase floods: the server must close them at its deadline, or evict them under overload (1013).
 PENDING_CLOSES = (4408, 1013)
@@ -672,17 +710,7 @@ class IdleFlood(Attacker):
 
     @task
     def attack(self) -> None:
-        started = time.perf_counter()
-        ws = self.upgraded(started)
-        if ws is None:
-            return
-        try:
-            upgraded_at = time.perf_counter()
-            deadline = upgraded_at + self.s.auth_timeout + self.s.margin
-            outcome = wait_close(ws, deadline)
-            self.verdict(upgraded_at, outcome, deadline, closes=PENDING_CLOSES)
-        finally:
-            drop(ws)
+        self.after_upgrade(_silent, self.s.auth_timeout + self.s.margin, PENDING_CLOSES)
 
 
 class AuthStaller(Attacker):
@@ -692,31 +720,17 @@ class AuthStaller(Attacker):
 
     @task
     def attack(self) -> None:
-        started = time.perf_counter()
-        ws = self.upgraded(started)
-        if ws is None:
-            return
-        try:
-            upgraded_at = time.perf_counter()
-            deadline = upgraded_at + self.s.auth_timeout + self.s.margin
+        grace = self.s.auth_timeout + self.s.margin
+
+        def stall(ws: websocket.WebSocket, deadline: float) -> None:
             try:
                 credential = good_token(subject("staller"), 300)
             except RuntimeError:
                 credential = "x" * 160  # no secret: stall with something token-sized
             frame = websocket.ABNF.create_frame(credential, websocket.ABNF.OPCODE_TEXT).format()
-            # Spread the frame over twice the deadline, so a server that extends it would be caught.
-            interval = min(0.5, max(0.005, 2 * (deadline - upgraded_at) / len(frame)))
-            for i in range(len(frame) - 1):  # never the last byte
-                if readable(ws.sock, interval) or time.perf_counter() > deadline:
-                    break
-                try:
-                    ws.sock.send(frame[i : i + 1])
-                except OSError:
-                    break
-            outcome = wait_close(ws, deadline)
-            self.verdict(upgraded_at, outcome, deadline, closes=PENDING_CLOSES)
-        finally:
-            drop(ws)
+            trickle(ws.sock, frame, deadline - grace, deadline)
+
+        self.after_upgrade(stall, grace, PENDING_CLOSES)
 
 
 class Slowloris(Attacker):
@@ -735,15 +749,7 @@ class Slowloris(Attacker):
         try:
             connected = time.perf_counter()
             deadline = connected + self.s.handshake_timeout + self.s.margin
-            request = raw_upgrade_request(self.where)
-            interval = min(0.5, max(0.005, 2 * (deadline - connected) / len(request)))
-            for i in range(len(request) - 1):  # never the final byte
-                if readable(sock, interval) or time.perf_counter() > deadline:
-                    break
-                try:
-                    sock.send(request[i : i + 1])
-                except OSError:
-                    break
+            trickle(sock, raw_upgrade_request(self.where), connected, deadline)
             outcome = read_head(sock, deadline)
             self.verdict(
                 connected, outcome, deadline, statuses=(408, *REFUSALS), drops=True, what="the half-sent upgrade"
@@ -768,20 +774,14 @@ class BadTokenSpam(Attacker):
         except RuntimeError as exc:
             self.could_not_start(started, exc, name)
             return
-        ws = self.upgraded(started, name)
-        if ws is None:
-            return
-        try:
-            sent = time.perf_counter()
-            deadline = sent + self.s.margin
+
+        def send(ws: websocket.WebSocket, deadline: float) -> None:
             try:
                 ws.send(credential, websocket.ABNF.OPCODE_TEXT)
             except OSError:
                 pass  # read what the server said anyway
-            outcome = wait_close(ws, deadline)
-            self.verdict(sent, outcome, deadline, closes=(4401,), name=name)
-        finally:
-            drop(ws)
+
+        self.after_upgrade(send, self.s.margin, (4401,), name)
 
 
 class OversizeFirstMessage(Attacker):
@@ -791,21 +791,13 @@ class OversizeFirstMessage(Attacker):
 
     @task
     def attack(self) -> None:
-        started = time.perf_counter()
-        ws = self.upgraded(started)
-        if ws is None:
-            return
-        try:
-            sent = time.perf_counter()
-            deadline = sent + self.s.margin
+        def send(ws: websocket.WebSocket, deadline: float) -> None:
             try:
                 ws.send("x" * (2 * self.s.max_preauth_bytes + 1))
             except OSError:
                 pass
-            outcome = wait_close(ws, deadline)
-            self.verdict(sent, outcome, deadline, closes=(1009,))
-        finally:
-            drop(ws)
+
+        self.after_upgrade(send, self.s.margin, (1009,))
 
 
 class PingFlood(Attacker):
@@ -815,23 +807,16 @@ class PingFlood(Attacker):
 
     @task
     def attack(self) -> None:
-        started = time.perf_counter()
-        ws = self.upgraded(started)
-        if ws is None:
-            return
-        try:
-            ping = websocket.ABNF.create_frame(b"p" * 64, websocket.ABNF.OPCODE_PING).format()
-            count = min(10_000, 2 * self.s.max_preauth_bytes // len(ping) + 2)
-            sent = time.perf_counter()
-            deadline = sent + self.s.margin
+        ping = websocket.ABNF.create_frame(b"p" * 64, websocket.ABNF.OPCODE_PING).format()
+        count = min(10_000, 2 * self.s.max_preauth_bytes // len(ping) + 2)
+
+        def send(ws: websocket.WebSocket, deadline: float) -> None:
             try:
                 ws.sock.sendall(ping * count)
             except OSError:
                 pass
-            outcome = wait_close(ws, deadline)  # pongs are skipped
-            self.verdict(sent, outcome, deadline, closes=(1009,))
-        finally:
-            drop(ws)
+
+        self.after_upgrade(send, self.s.margin, (1009,))  # wait_close skips the pongs
 
 
 class ForgedOrigin(Attacker):

@@ -401,7 +401,21 @@ class Scenario:
             self.targets = tuple(t for t in type(self).targets if t in wanted)
 
     def run_once(self) -> dict[str, Any]:
+        """One run against each target in turn (``one``), with ``ratio`` between them when both ran."""
+        out: dict[str, Any] = {"metrics": {}, "series": {}}
+        for kind in self.targets:
+            out["metrics"][kind], out["series"][kind] = self.one(kind)
+        if len(out["metrics"]) == 2:
+            ratio = self.ratio(out["metrics"][GWS], out["metrics"][NAIVE])
+            if ratio:
+                out["metrics"]["ratio"] = ratio
+        return out
+
+    def one(self, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError
+
+    def ratio(self, g: dict[str, float], n: dict[str, float]) -> dict[str, float]:
+        return {}
 
     def setup(self) -> list[str]:
         return []
@@ -539,18 +553,11 @@ class Flood(Scenario):
     targets = (GWS, NAIVE)
     goal = "legitimate success >= 99.9% and p99 connect+auth <= 100 ms"
 
-    def run_once(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metrics": {}, "series": {}}
-        for kind in self.targets:
-            out["metrics"][kind], out["series"][kind] = self.one(kind)
-        if len(out["metrics"]) < 2:
-            return out
-        g, n = out["metrics"][GWS], out["metrics"][NAIVE]
-        out["metrics"]["ratio"] = {
+    def ratio(self, g: dict[str, float], n: dict[str, float]) -> dict[str, float]:
+        return {
             "success (guarded-ws - naive, points)": 100 * (g["legit_success"] - n["legit_success"]),
             "p99 naive / guarded-ws": n["p99_ms"] / g["p99_ms"] if g["p99_ms"] else math.nan,
         }
-        return out
 
     def one(self, kind: str) -> tuple[dict[str, float], dict[str, Any]]:
         a = self.args
@@ -645,28 +652,22 @@ class Memory(Scenario):
     targets = (GWS, NAIVE)
     goal = "<= 4 KiB per pending connection"
 
-    def run_once(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metrics": {}, "series": {}}
-        kinds = self.args.kinds.split(",")
-        for kind in self.targets:
-            out["metrics"][kind] = {}
-            out["series"][kind] = {}
-            for mode in kinds:
-                m, series = self.one(kind, mode)
-                for key, value in m.items():
-                    out["metrics"][kind][f"{mode}_{key}"] = value
-                out["series"][kind][mode] = series
-        if len(out["metrics"]) < 2:
-            return out
-        out["metrics"]["ratio"] = {
-            f"{mode} KiB naive / guarded-ws": out["metrics"][NAIVE][f"{mode}_kib_per_conn"]
-            / out["metrics"][GWS][f"{mode}_kib_per_conn"]
-            for mode in kinds
-            if out["metrics"][GWS].get(f"{mode}_kib_per_conn")
-        }
-        return out
+    def one(self, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        metrics: dict[str, Any] = {}
+        series: dict[str, Any] = {}
+        for mode in self.args.kinds.split(","):
+            m, series[mode] = self.one_kind(kind, mode)
+            metrics.update({f"{mode}_{key}": value for key, value in m.items()})
+        return metrics, series
 
-    def one(self, kind: str, mode: str) -> tuple[dict[str, float], dict[str, Any]]:
+    def ratio(self, g: dict[str, float], n: dict[str, float]) -> dict[str, float]:
+        return {
+            f"{mode} KiB naive / guarded-ws": n[f"{mode}_kib_per_conn"] / g[f"{mode}_kib_per_conn"]
+            for mode in self.args.kinds.split(",")
+            if g.get(f"{mode}_kib_per_conn")
+        }
+
+    def one_kind(self, kind: str, mode: str) -> tuple[dict[str, float], dict[str, Any]]:
         a = self.args
         n = a.auth_count if mode == "auth" else a.count
         settings: dict[str, Any] = {}
@@ -808,12 +809,6 @@ class Deadline(Scenario):
     title = "6. Deadline precision: lateness past auth_timeout with ~20,000 pending"
     targets = (GWS, NAIVE)
     goal = "p99 lateness <= 100 ms"
-
-    def run_once(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"metrics": {}, "series": {}}
-        for kind in self.targets:
-            out["metrics"][kind], out["series"][kind] = self.one(kind)
-        return out
 
     def one(self, kind: str) -> tuple[dict[str, float], dict[str, Any]]:
         a = self.args

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import os
 import socket
@@ -213,6 +214,16 @@ def errname(exc: BaseException) -> str:
     if code is not None and code in errno.errorcode:
         return errno.errorcode[code]
     return type(exc).__name__
+
+
+def emit(report: dict[str, Any], out: str | None) -> None:
+    """A tool's JSON report, to ``out`` or else stdout: where the runner reads it."""
+    text = json.dumps(report)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    else:
+        print(text)
 
 
 def run(coro: Coroutine[Any, Any, T], loop: str = "uvloop") -> T:
