@@ -203,6 +203,19 @@ def test_sigterm_drains_every_worker_with_1001(supervised):
     assert not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers)
 
 
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_supervisor(supervised):
+    server = supervised(2)
+    workers = workers_of(server)
+    ws, _ = connect(server, 2)
+    server.proc.kill()  # no chance to stop its workers: they must notice by themselves
+    server.wait(10)
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # drained, not dropped
+    wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=20, what="the workers to exit")
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
