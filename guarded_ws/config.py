@@ -529,12 +529,17 @@ _ORIGIN = re.compile(r"(https?)://([a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+# Values that may carry a credential (a Redis URL's password): an error names the key only.
+_MAY_HOLD_SECRETS = frozenset({"auth.replay_store"})
+
+
 def _build(values: _Values, secret: str | None, relay_secret: str | None = None) -> Config:
     for key, (ok, requirement) in _RULES.items():
         section, _, name = key.partition(".")
         value = values[section][name]
         if value is not None and not ok(value):
-            raise ConfigError(key, f"{requirement} (got {value!r})")
+            shown = "value not shown: it may hold a password" if key in _MAY_HOLD_SECRETS else f"got {value!r}"
+            raise ConfigError(key, f"{requirement} ({shown})")
     server, limits, auth = values["server"], values["limits"], values["auth"]
     server["allowed_origins"] = tuple(_origin(entry) for entry in server["allowed_origins"])
     _check_caps(limits)

@@ -602,3 +602,10 @@ def test_single_use_tickets_with_workers_need_the_shared_store(tmp_path):
     assert caught.value.key == "auth.replay_store" and "cookie.single_use" in str(caught.value)
     shared = load(tmp_path, overrides={**tickets, "auth.replay_store": "redis://127.0.0.1:6379/0"})
     assert shared.cookie.single_use and shared.server.workers == 2
+
+
+def test_a_wrong_replay_store_url_is_named_without_its_password(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, overrides={"auth.replay_store": "http://user:hunter2-secret@redis.internal:6379/0"})
+    assert caught.value.key == "auth.replay_store"
+    assert "hunter2-secret" not in str(caught.value) and "redis://" in str(caught.value)
