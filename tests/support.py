@@ -18,10 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection, connect
 
@@ -183,14 +185,25 @@ def closed_by_peer(sock: socket.socket) -> bool:
     return True
 
 
-def legit(port: int, src: str = "127.0.0.1", sub: str = "alice", message: str = "hello", timeout: float = 5.0) -> str:
+def legit(
+    port: int,
+    src: str = "127.0.0.1",
+    sub: str = "alice",
+    message: str = "hello",
+    timeout: float = 5.0,
+    *,
+    credential: str | None = None,
+) -> str:
     """A legitimate client's whole session: connect, authenticate, one echo. Returns the echo."""
-    with open_legit(port, src, sub, timeout) as ws:
+    with open_legit(port, src, sub, timeout, credential=credential) as ws:
         ws.send(message)
         return str(ws.recv(timeout=timeout))
 
 
-def open_legit(port: int, src: str = "127.0.0.1", sub: str = "alice", timeout: float = 5.0) -> ClientConnection:
+def open_legit(
+    port: int, src: str = "127.0.0.1", sub: str = "alice", timeout: float = 5.0, *, credential: str | None = None
+) -> ClientConnection:
+    """An authenticated client; ``credential`` replaces a fresh token for ``sub``."""
     ws = connect(
         f"ws://127.0.0.1:{port}/ws",
         sock=tcp(port, src, timeout),
@@ -199,7 +212,7 @@ def open_legit(port: int, src: str = "127.0.0.1", sub: str = "alice", timeout: f
         close_timeout=timeout,
         legacy=True,  # the caller closes it; not a context manager
     )
-    ws.send(token(sub))
+    ws.send(credential if credential is not None else token(sub))
     reply = json.loads(ws.recv(timeout=timeout))
     assert reply == {"type": "authenticated", "subject": sub}, reply
     return ws
@@ -279,6 +292,23 @@ class ServerThread:
             and len(server.authenticating) == 0
         )
 
+    def released(self) -> bool:
+        """Nothing held for any connection: admission and its per-source table, every deadline
+        queue, credential expiries, authenticated connections and their per-source and
+        per-subject counts, app tasks."""
+        server = self.server
+        queues = (server.handshaking, server.authenticating, server.idle, server.awaiting_pong, server.stalled, server.closing)
+        return self.call(
+            lambda: server.admission.total == 0
+            and server.admission.sources == 0
+            and all(queue is None or len(queue) == 0 for queue in queues)
+            and len(server.expiring) == 0
+            and not server.authenticated
+            and not server._per_source
+            and not server._per_subject
+            and not server._tasks
+        )
+
     def stop(self) -> None:
         try:
             self.run(self.running.stop())
@@ -339,6 +369,18 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def rss(self) -> int:
+        """Resident set size in bytes (VmRSS)."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def metric(self, name: str, **labels: str) -> float:
+        return scraped(self.metrics_port, name, **labels)
+
     def wait(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(5)
@@ -348,6 +390,17 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.wait(10)
+
+
+def scraped(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``, scraped from /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def sources(count: int, first: int = 2) -> Iterator[str]:

@@ -18,15 +18,13 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from support import SECRET, ServerProcess
+from support import SECRET, ServerProcess, scraped
 
 pytestmark = pytest.mark.slow
 
@@ -182,17 +180,6 @@ class NaiveServer:
         self.proc.wait(10)
 
 
-def _metric(port: int, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include ``labels``, scraped from /metrics."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
-
-
 def test_guarded_ws_defends_against_every_attack(guarded, tmp_path):
     run = run_locust(tmp_path, f"ws://127.0.0.1:{guarded.port}/ws", ["LegitUser", *ATTACK_ROWS], seconds=7)
     for names in ATTACK_ROWS.values():
@@ -204,10 +191,10 @@ def test_guarded_ws_defends_against_every_attack(guarded, tmp_path):
     assert run.html.stat().st_size > 0
     # The server saw the attacks the way the rows say it did.
     port = guarded.metrics_port
-    assert _metric(port, "guarded_ws_deadline_expired_total", phase="auth") > 0
-    assert _metric(port, "guarded_ws_deadline_expired_total", phase="handshake") > 0
-    assert _metric(port, "guarded_ws_auth_attempts_total", method="token", result="too_large") > 0
-    assert _metric(port, "guarded_ws_connections_rejected_total", reason="origin") > 0
+    assert scraped(port, "guarded_ws_deadline_expired_total", phase="auth") > 0
+    assert scraped(port, "guarded_ws_deadline_expired_total", phase="handshake") > 0
+    assert scraped(port, "guarded_ws_auth_attempts_total", method="token", result="too_large") > 0
+    assert scraped(port, "guarded_ws_connections_rejected_total", reason="origin") > 0
 
 
 def test_the_naive_baseline_fails_the_attack_rows(tmp_path):
