@@ -201,10 +201,15 @@ class Server:
             except TimeoutError:
                 for conn in list(self.authenticated):
                     conn.abort()
+        # Apps whose connections are gone get close_timeout to finish (a relay closes its
+        # upstream), then whatever still runs is cancelled.
+        close_timeout = self.config.limits.close_timeout
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=close_timeout)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.config.limits.close_timeout)
+            await asyncio.wait(self._tasks, timeout=close_timeout)
         if self._sweeper is not None:
             self._sweeper.cancel()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -73,3 +74,14 @@ async def worker_pid(conn: Session) -> None:
     await conn.send(json.dumps({"pid": os.getpid()}))
     async for message in conn:
         await conn.send(message)
+
+
+TIDIED: list[str] = []  # subjects whose app finished its clean-up (in-process servers only)
+
+
+async def tidy(conn: Session) -> None:
+    """Cleans up after its connection is gone, as a relay closes its upstream."""
+    async for _ in conn:
+        pass
+    await asyncio.sleep(0.3)
+    TIDIED.append(conn.subject)
