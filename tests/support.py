@@ -175,6 +175,12 @@ def _read_exact(sock: socket.socket, n: int) -> bytes | None:
     return data
 
 
+def reset(sock: socket.socket) -> None:
+    """Close with an RST instead of a FIN: linger on, timeout zero."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def closed_by_peer(sock: socket.socket) -> bool:
     """True once the server has closed: EOF or reset, after discarding whatever it sent."""
     try:

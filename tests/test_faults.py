@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from support import (
     read_close,
     read_frame,
     read_response_head,
+    reset,
     source,
     status_of,
     tcp,
@@ -48,12 +48,6 @@ def half_way(port: int, phase: str, src: str) -> socket.socket:
         sock, whole = authenticated_raw(port, src), frame(Opcode.TEXT, b"m" * 200)
     sock.sendall(whole[: len(whole) // 2])
     return sock
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with an RST instead of a FIN: linger on, timeout zero."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def received(sock: socket.socket) -> tuple[bytes, str]:
