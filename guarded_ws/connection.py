@@ -8,8 +8,12 @@ Phases, and what moves a connection between them (DESIGN.md, life of a connectio
 
 HANDSHAKE and AUTH are *pending*: counted by admission, held in a deadline
 queue, bounded by a byte budget. Everything per-connection is in slots; the
-Sans-I/O object is created only when the first byte arrives, so an idle
-attacker costs one of these and a transport.
+handshake is read by guarded_ws.upgrade, and the Sans-I/O object that parses frames
+is created only when the first byte after the 101 arrives, so an idle or upgraded-and-silent
+attacker costs one of these, a transport and, mid-request, the bytes it sent.
+
+A closed connection is freed by reference counting: connection_lost breaks every cycle,
+so none of it waits for a full garbage collection (tests/test_resources.py).
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ import json
 import logging
 import socket
 from collections.abc import Callable, Mapping
+from functools import cache
 from enum import IntEnum
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from websockets.exceptions import PayloadTooBig, SecurityError
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Close as CloseFrame
 from websockets.frames import Frame, Opcode
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 from websockets.protocol import CONNECTING as WS_CONNECTING
 from websockets.protocol import OPEN as WS_OPEN
 from websockets.protocol import Event, State
@@ -41,6 +47,7 @@ from .proxy_protocol import ProxyError, parse, starts_like_header
 from .session import ConnectionClosed, Message, Session
 from .replay_store import ReplayStoreUnavailable
 from .tokens import AuthError, Identity
+from .upgrade import HEAD_END, HeadTooLarge, parse_request, switching_protocols
 
 if TYPE_CHECKING:
     from .preauth import RequestReader
@@ -62,20 +69,19 @@ def _sansio(max_size: int, state: State) -> ServerProtocol:
     return ServerProtocol(extensions=None, max_size=max_size, state=state, logger=_WS_LOGGER)
 
 
-def _head_end(buffered: bytearray, data: bytes) -> int:
-    """Offset in ``data`` just past the empty line that ends the request head, or -1.
+def _release(ws: ServerProtocol) -> None:
+    """Break the cycles a Sans-I/O protocol holds, so reference counting frees it: its parser
+    is a generator that refers back to it, and so does the traceback of an error it kept."""
+    ws.parser.close()
+    for exc in (ws.parser_exc, ws.handshake_exc):
+        if exc is not None:
+            exc.__traceback__ = None
 
-    ``buffered`` is what the parser holds of the current line, so it starts at a line start.
-    """
-    text = bytes(buffered) + data if buffered else data
-    if text.startswith(b"\r\n"):
-        end = 2
-    else:
-        found = text.find(b"\n\r\n")
-        if found < 0:
-            return -1
-        end = found + 3
-    return end - len(buffered)
+
+@cache
+def _close_frame(code: int, reason: str) -> bytes:
+    """A close frame for a connection with no frame parser yet (upgraded, nothing received)."""
+    return Frame(_CLOSE, CloseFrame(code, reason).serialize()).serialize(mask=False)
 
 
 MAX_FRAME_HEADER = 10  # what a frame's size can be read from: 2 bytes and a 64-bit length
@@ -127,7 +133,7 @@ class Connection(asyncio.Protocol, Timed):
         "tls_sock",
         "certificate",
         "http",
-        "proxy_head",
+        "head",
         "_fragments",
         "_fragment_op",
         "_held",
@@ -153,7 +159,7 @@ class Connection(asyncio.Protocol, Timed):
         self.tls_sock: socket.socket | None = None  # the raw socket while the TLS handshake runs
         self.certificate: Identity | None = None  # a verified client certificate: authenticates at the upgrade
         self.http: RequestReader | None = None  # a preauth POST, read by guarded_ws.preauth
-        self.proxy_head = b""  # a PROXY header that is still arriving
+        self.head = b""  # a PROXY header, then a request head, still arriving
         self._fragments: bytearray | None = None
         self._fragment_op = _TEXT
         self._held: list[Frame] | None = None  # frames behind a credential the replay store is checking
@@ -193,7 +199,7 @@ class Connection(asyncio.Protocol, Timed):
         elif phase is _AUTH:
             self._on_auth_data(data)
         elif phase is _HANDSHAKE:
-            if self.ws is None and self.server.proxy_protocol:
+            if self.server.proxy_protocol and (self.source is None or not self.head):
                 data = self._on_proxy_data(data)
                 if not data:
                     return
@@ -202,8 +208,7 @@ class Connection(asyncio.Protocol, Timed):
             # CLOSING: the peer's close frame completes the closing handshake.
             self.ws.receive_data(data)
             self.ws.events_received()
-        if self.ws is not None:
-            self._flush()
+        self._flush()
 
     def eof_received(self) -> None:
         if self.ws is None or self.phase >= _CLOSING:
@@ -221,12 +226,12 @@ class Connection(asyncio.Protocol, Timed):
         if self.queue is not None:
             self.queue.discard(self)
         if self.ws is not None:
-            # The Sans-I/O parser is a generator that refers back to its protocol: closing it
-            # breaks the cycle, so memory returns now, not at the next garbage collection.
-            self.ws.parser.close()
-        if self.session is not None:
+            _release(self.ws)
+        session = self.session
+        if session is not None:
             server.leave_authenticated(self)
-            self.session.lost(*self._close_status())
+            session.lost(*self._close_status())
+            self.session = None  # the app's session keeps this connection; not the other way round
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -264,7 +269,7 @@ class Connection(asyncio.Protocol, Timed):
                 self._refuse(b"", "proxy_untrusted")
                 return b""
             return data
-        head = self.proxy_head + data if self.proxy_head else data
+        head = self.head + data if self.head else data
         used = self.read_proxy_header(head)
         if used < 0:
             return b""
@@ -283,10 +288,10 @@ class Connection(asyncio.Protocol, Timed):
             self._refuse(b"", "proxy_" + exc.reason)
             return -1
         if begins and header is None:
-            self.proxy_head = head
+            self.head = head
             self.received = len(head)
             return -1
-        self.proxy_head = b""
+        self.head = b""
         # No header (optional), or one that names no client (LOCAL health checks): the proxy's own address.
         client = header.source if header is not None else None
         if server.admit_client(self, client[0] if client is not None else self.host) is not None:
@@ -297,33 +302,32 @@ class Connection(asyncio.Protocol, Timed):
 
     def _on_handshake_data(self, data: bytes) -> None:
         server = self.server
-        ws = self.ws
-        if ws is None:
-            # websockets parses GET only: anything else is the browser path's preauth POST.
-            if server.preauth is not None and (self.http is not None or data[:1] != b"G"):
-                self._on_preauth_data(data)
-                return
-            ws = self.ws = _sansio(server.max_preauth_bytes, WS_CONNECTING)
-        # Feed the parser the request head only: what follows goes to the frame parser that
-        # replaces it after the upgrade (see _upgrade).
-        end = _head_end(ws.reader.buffer, data)
-        head, rest = (data, b"") if end < 0 else (data[:end], data[end:])
+        held = self.head
+        # websockets parses GET only: anything else is the browser path's preauth POST.
+        if server.preauth is not None and (self.http is not None or (not held and data[:1] != b"G")):
+            self._on_preauth_data(data)
+            return
+        buffered = held + data if held else data
+        end = buffered.find(HEAD_END, max(0, len(held) - 3))
         room = server.max_request_bytes - self.received
-        too_large = len(head) > room
-        if too_large:
-            head, rest = head[:room], b""
-        self.received += len(head)
-        ws.receive_data(head)
-        events = ws.events_received()
-        if events:
-            self._on_request(events[0], rest)  # type: ignore[arg-type]
-        elif ws.handshake_exc is not None:
-            if isinstance(ws.handshake_exc, SecurityError):
-                server.count_refusal("headers_too_large")  # websockets wrote its 414 or 431
-            else:
-                self._refuse(REFUSE_MALFORMED, "malformed")
-        elif too_large or self.received >= server.max_request_bytes:
+        if end < 0 and len(buffered) < room:
+            self.head = buffered
+            return
+        self.head = b""
+        if end < 0 or end + len(HEAD_END) > room:
             self._refuse(REFUSE_TOO_LARGE, "headers_too_large")
+            return
+        self.received += end + len(HEAD_END)
+        try:
+            request = parse_request(buffered[:end])
+        except HeadTooLarge as exc:
+            self._refuse(http_refusal(exc.status), "headers_too_large")
+            return
+        except ValueError:
+            self._refuse(REFUSE_MALFORMED, "malformed")
+            return
+        # What follows the head is frames: the credential, maybe the app's first messages.
+        self._on_request(request, buffered[end + len(HEAD_END) :])
 
     def _on_preauth_data(self, data: bytes) -> None:
         server = self.server
@@ -352,8 +356,6 @@ class Connection(asyncio.Protocol, Timed):
 
     def _on_request(self, request: Request, rest: bytes) -> None:
         server = self.server
-        ws = self.ws
-        assert ws is not None
         if self.source is None and not self._admit_forwarded(request.headers):
             return
         path = request.path.partition("?")[0]
@@ -373,10 +375,8 @@ class Connection(asyncio.Protocol, Timed):
             # hijacking, unless the page's Origin is one the operator approved.
             self._reject(HTTPStatus.FORBIDDEN, "origin")
             return
-        response = ws.accept(request)
-        if response.status_code != 101:
-            server.count_refusal("not_websocket" if response.status_code == 426 else "malformed")
-            ws.send_response(response)
+        response = switching_protocols(request) or self._websockets_answer(request)
+        if response is None:
             return
         identity = None
         if server.cookie_auth is not None and server.cookie_auth.wants(request):
@@ -394,19 +394,21 @@ class Connection(asyncio.Protocol, Timed):
                 return
         self._upgrade(response, identity, rest)
 
-    def _upgrade(self, response: Response, identity: Identity | None, rest: bytes) -> None:
+    def _websockets_answer(self, request: Request) -> bytes | None:
+        """websockets' answer to a request outside the fast path's shape: its 101, or None
+        once its refusal (405, 426, 400...) is sent."""
+        ws = _sansio(self.server.max_preauth_bytes, WS_CONNECTING)
+        response = ws.accept(request)
+        _release(ws)
+        if response.status_code == 101:
+            return response.serialize()
+        self._refuse(response.serialize(), "not_websocket" if response.status_code == 426 else "malformed")
+        return None
+
+    def _upgrade(self, response: bytes, identity: Identity | None, rest: bytes) -> None:
         """Send the 101; ``identity`` (a ticket) or a client certificate authenticates it at once."""
         server = self.server
-        ws = self.ws
-        assert ws is not None
-        ws.send_response(response)
-        self._flush()
-        # The handshake parser's generator keeps the request (about 2 KiB of headers) alive for
-        # the connection's whole life; a fresh protocol in the OPEN state parses frames alone.
-        # Its size limit is the post-auth one: messages that follow the credential in the same
-        # read are the app's. Before auth, the byte count and the credential's size check hold.
-        ws.parser.close()
-        ws = self.ws = _sansio(server.max_message_bytes, WS_OPEN)
+        self.transport.write(response)  # type: ignore[union-attr]
         now = server.clock()
         self.phase = _AUTH
         self.upgraded_at = now
@@ -419,16 +421,15 @@ class Connection(asyncio.Protocol, Timed):
         if rest and self.phase is _AUTH:
             self._on_auth_data(rest)
         elif rest and self.phase is _OPEN:  # authenticated at the upgrade: the frames are the app's
-            ws.receive_data(rest)
-            self._on_frames(ws.events_received())
+            self._data_received(rest)
 
-    async def _consume_ticket(self, response: Response, identity: Identity, rest: bytes) -> None:
+    async def _consume_ticket(self, response: bytes, identity: Identity, rest: bytes) -> None:
         """A single-use ticket in the shared replay store; the connection stays in the handshake phase meanwhile."""
         assert identity.single_use is not None
         fresh = await self._consume_single_use(identity.single_use)
         self._after_store(lambda: self._on_ticket_consumed(response, identity, rest, fresh))
 
-    def _on_ticket_consumed(self, response: Response, identity: Identity, rest: bytes, fresh: bool | None) -> None:
+    def _on_ticket_consumed(self, response: bytes, identity: Identity, rest: bytes, fresh: bool | None) -> None:
         server = self.server
         if self.phase is not _HANDSHAKE:  # expired, evicted or gone while the store answered
             return
@@ -485,8 +486,7 @@ class Connection(asyncio.Protocol, Timed):
         checked and the messages never delivered.
         """
         self.received += len(data)
-        ws = self.ws
-        assert ws is not None
+        ws = self.ws or self._frame_parser()
         while data and self.phase is _AUTH:
             if not self._frame_left:
                 head = self._frame_head + data[:MAX_FRAME_HEADER]
@@ -505,6 +505,15 @@ class Connection(asyncio.Protocol, Timed):
             ws.receive_data(data)
             self._on_frames(ws.events_received())
         self._check_preauth_budget()
+
+    def _frame_parser(self) -> ServerProtocol:
+        """The Sans-I/O protocol, from the first byte after the 101 on.
+
+        Its size limit is the post-auth one: messages that follow the credential in the same
+        read are the app's. Before auth, the byte count and the credential's size check hold.
+        """
+        ws = self.ws = _sansio(self.server.max_message_bytes, WS_OPEN)
+        return ws
 
     def _on_frames(self, frames: list[Event]) -> None:
         for frame in frames:
@@ -606,8 +615,7 @@ class Connection(asyncio.Protocol, Timed):
             server.count_refusal(refusal)
             self.fail(Close.TRY_AGAIN_LATER, "too many connections")
             return
-        ws = self.ws
-        assert ws is not None
+        ws = self.ws or self._frame_parser()
         self.phase = _OPEN
         ws.send_text(json.dumps({"type": "authenticated", "subject": identity.subject}).encode())
         server.count_auth(method, "ok")
@@ -731,18 +739,19 @@ class Connection(asyncio.Protocol, Timed):
             self.transport.abort()
 
     def fail(self, code: int, reason: str) -> None:
-        self.ws.fail(code, reason)  # type: ignore[union-attr]
+        ws = self.ws
+        if ws is None:  # upgraded, nothing received since
+            self.transport.write(_close_frame(code, reason))  # type: ignore[union-attr]
+            self._close_transport()
+            return
+        ws.fail(code, reason)
         self._flush()
 
     def _reject(self, status: HTTPStatus, reason: str) -> None:
-        self.server.count_refusal(reason)
-        ws = self.ws
-        assert ws is not None
-        ws.send_response(ws.reject(status, f"{status.value} {status.phrase}\n"))
-        self._flush()
+        self._refuse(http_refusal(status), reason)
 
     def _refuse(self, response: bytes, reason: str | None) -> None:
-        """Answer without the Sans-I/O layer (it may be mid-parse, or absent) and close."""
+        """Answer an HTTP request, or a connection that never sent one, and close."""
         if reason is not None:
             self.server.count_refusal(reason)
         if self.transport is not None:
@@ -750,7 +759,9 @@ class Connection(asyncio.Protocol, Timed):
         self._close_transport()
 
     def _flush(self) -> None:
-        writes = self.ws.data_to_send()  # type: ignore[union-attr]
+        if self.ws is None:
+            return
+        writes = self.ws.data_to_send()
         transport = self.transport
         if transport is None or transport.is_closing():
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, ProcessCollector
 from prometheus_client.metrics import disable_created_metrics
 
 from . import __version__
@@ -62,6 +62,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # CPU, RSS, open fds against the fd limit
+        GCCollector(registry=r)  # collections by generation: a full one stalls the loop (runner.settle_heap)
         self.accepted = Counter(
             PREFIX + "connections_accepted_total", "Connections accepted from the listener.", registry=r
         )

@@ -305,8 +305,8 @@ class Server:
                 return False
             if not peeked:
                 return False
-            had = len(conn.proxy_head)
-            used = conn.read_proxy_header(conn.proxy_head + peeked)
+            had = len(conn.head)
+            used = conn.read_proxy_header(conn.head + peeked)
             if used >= 0:
                 if used > had:
                     sock.recv(used - had, socket.MSG_DONTWAIT)  # peeked: it is there

@@ -49,7 +49,9 @@ class Session:
         self._inbox: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
-        self._closed: ConnectionClosed | None = None
+        # (code, reason) once lost. Each raise makes a fresh ConnectionClosed: one kept here
+        # would hold its traceback, whose frames hold this session, a cycle.
+        self._closed: tuple[int, str] | None = None
         self._done: asyncio.Future[None] | None = None  # made by close() only: most sessions never wait on it
 
     @property
@@ -60,7 +62,7 @@ class Session:
         """The next message; raises :class:`ConnectionClosed` once none is left."""
         while not self._inbox:
             if self._closed is not None:
-                raise self._closed
+                raise ConnectionClosed(*self._closed)
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -74,7 +76,7 @@ class Session:
     async def send(self, message: Message) -> None:
         """Send one message; waits while the peer is not reading."""
         if self._closed is not None:
-            raise self._closed
+            raise ConnectionClosed(*self._closed)
         self._conn.send_message(message)
         while self._conn.writing_paused and self._closed is None:
             self._drain = self._loop.create_future()
@@ -83,7 +85,7 @@ class Session:
             finally:
                 self._drain = None
         if self._closed is not None:
-            raise self._closed
+            raise ConnectionClosed(*self._closed)
 
     async def reauthenticate(self, credential: str) -> None:
         """Keep the connection past its credential's expiry with a fresh token for the same subject.
@@ -111,7 +113,7 @@ class Session:
                 self._done = self._loop.create_future()
             await asyncio.shield(self._done)
         assert self._closed is not None
-        return self._closed.code, self._closed.reason
+        return self._closed
 
     def __aiter__(self) -> Session:
         return self
@@ -134,7 +136,7 @@ class Session:
         _wake(self._drain)
 
     def lost(self, code: int, reason: str) -> None:
-        self._closed = ConnectionClosed(code, reason)
+        self._closed = (code, reason)
         _wake(self._waiter)
         _wake(self._drain)
         _wake(self._done)

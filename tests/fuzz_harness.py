@@ -828,16 +828,16 @@ class Run:
         if conn.phase is Phase.OPEN or conn.session is not None:
             peer.ever_authenticated = True
         ws = conn.ws
+        limits = self.server.config.limits
         if ws is not None and pending:
-            limits = self.server.config.limits
             buffered = len(ws.reader.buffer)
             check(
-                buffered <= limits.max_request_bytes + limits.max_preauth_bytes + len(chunk),
+                buffered <= limits.max_preauth_bytes + len(chunk),
                 f"pre-auth reader buffer holds {buffered} bytes",
             )
-            if conn.phase is Phase.HANDSHAKE:
-                check(buffered <= limits.max_request_bytes, f"handshake buffer holds {buffered} bytes")
-                check(conn.received <= limits.max_request_bytes, f"handshake counted {conn.received} bytes")
+        if conn.phase is Phase.HANDSHAKE:
+            check(len(conn.head) <= limits.max_request_bytes, f"handshake buffer holds {len(conn.head)} bytes")
+            check(conn.received <= limits.max_request_bytes, f"handshake counted {conn.received} bytes")
         if conn.phase is Phase.AUTH and not peer.transport.closing:  # type: ignore[union-attr]
             budget = self.server.config.limits.max_preauth_bytes
             check(peer.auth_bytes <= budget, f"pre-auth budget: {peer.auth_bytes} bytes read and still waiting")

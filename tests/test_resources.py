@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
+import gc
 import socket
 import statistics
 import time
@@ -11,12 +13,16 @@ import pytest
 from websockets.frames import Opcode
 
 from guarded_ws.config import raise_nofile_limit
+from guarded_ws.runner import FULL_COLLECTION_EVERY, settle_heap
 from support import (
     ServerProcess,
     authenticated_raw,
+    closed_by_peer,
     frame,
     legit,
     open_legit,
+    read_close,
+    read_frame,
     read_response_head,
     reset,
     source,
@@ -24,6 +30,7 @@ from support import (
     tcp,
     token,
     upgrade_request,
+    upgraded,
     wait_for,
 )
 
@@ -177,3 +184,78 @@ def test_every_queue_and_table_is_empty_once_the_peers_leave(serve):
     assert sizes == dict.fromkeys(queues, 0)
     assert server.call(lambda: (s.admission.total, s.admission.sources, len(s.expiring))) == (0, 0, 0)
     assert server.metric("guarded_ws_tracked_sources") == 0
+
+
+def test_a_connection_that_leaves_is_freed_without_the_cycle_collector(serve):
+    """No way in or out leaves a reference cycle: reference counting frees a closed connection.
+
+    A full garbage collection walks every live object; under a flood, with tens of thousands
+    of connections each holding a few, it stalls the loop for 100-200 ms (bench/RESULTS.md,
+    figure 6). Connections that needed it to be freed would make those collections both
+    necessary and frequent. With the collector off, every kind of connection comes and goes,
+    then one collection must find nothing of theirs.
+    """
+    server = serve(limits__handshake_timeout=0.5, limits__auth_timeout=0.5)
+    port = server.port
+    gc.collect()
+    gc.disable()
+    try:
+        socks = []
+        for n in range(20):
+            src = source(2 + n)
+            socks.append(tcp(port, src))  # idle TCP: 408 at the handshake deadline
+            slow = tcp(port, src)
+            slow.sendall(upgrade_request()[:30])  # slowloris: 408 mid-request
+            socks.append(slow)
+            socks.append(upgraded(port, src))  # upgraded, silent: 4408
+            bad = upgraded(port, src)
+            bad.sendall(frame(Opcode.TEXT, b"not a token"))  # 4401
+            socks.append(bad)
+            for request in (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01 junk\r\n\r\n", upgrade_request("/elsewhere")):
+                refused = tcp(port, src)  # 426 (websockets' answer), 400, 404
+                refused.sendall(request)
+                socks.append(refused)
+            session = authenticated_raw(port, src, sub=f"u{n}")
+            session.sendall(frame(Opcode.TEXT, b"hello"))
+            assert read_frame(session) == (Opcode.TEXT, b"hello")
+            if n % 2:
+                reset(session)
+            else:
+                session.sendall(frame(Opcode.CLOSE, (1000).to_bytes(2, "big")))
+                assert read_close(session) == 1000
+                session.close()
+        crowd = [tcp(port, source(30)) for _ in range(40)]  # 8 over the per-source cap: 429
+        for sock in [*socks, *crowd]:
+            assert closed_by_peer(sock)
+            sock.close()
+        wait_for(server.released, timeout=10, what="every connection gone")
+        assert server.metric("guarded_ws_connections_rejected_total", reason="per_source_cap") == 8
+        assert server.metric("guarded_ws_auth_attempts_total", method="token", result="ok") == 20
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        garbage = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    ours = {name: count for name, count in garbage.items() if name.startswith(("guarded_ws", "websockets", "uvloop", "asyncio"))}
+    assert not ours, garbage.most_common(12)
+    assert sum(garbage.values()) < 20, garbage.most_common(12)  # fewer than one object per kind of connection
+
+
+def test_a_serving_process_keeps_full_collections_rare_and_startup_out_of_them():
+    """What startup allocated is frozen out of every collection, and a full one waits for 100
+    collections of generation 1: each walks every live connection."""
+    thresholds = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (*thresholds[:2], FULL_COLLECTION_EVERY)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_the_metrics_count_collections_by_generation(serve):
+    registry = serve().server.metrics.registry
+    assert all(registry.get_sample_value("python_gc_collections_total", {"generation": g}) is not None for g in "012")
