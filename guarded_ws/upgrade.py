@@ -43,30 +43,38 @@ class HeadTooLarge(ValueError):
 def parse_request(head: bytes) -> Request:
     """The request in ``head``: its request line and header lines, without the empty line.
 
-    Raises HeadTooLarge, or ValueError for anything websockets' parser refuses.
+    Raises HeadTooLarge, or ValueError for anything websockets' parser refuses, checking in
+    its order so that the answer is the same.
     """
     lines = head.split(b"\r\n")
-    if len(lines) > MAX_NUM_HEADERS + 1:
-        raise HeadTooLarge(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-    request_line = lines[0]
-    if len(request_line) > MAX_LINE_LENGTH - 2:
-        raise HeadTooLarge(HTTPStatus.REQUEST_URI_TOO_LONG)
-    method, path, protocol = request_line.split(b" ", 2)  # ValueError: not three parts
+    method, path, protocol = _line(lines[0], HTTPStatus.REQUEST_URI_TOO_LONG).split(b" ", 2)  # ValueError: not 3
     if protocol != b"HTTP/1.1" and protocol != b"HTTP/1.0":
         raise ValueError("unsupported protocol")
-    headers = Headers()
-    for line in lines[1:]:
-        if len(line) > MAX_LINE_LENGTH - 2:
-            raise HeadTooLarge(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        name, colon, value = line.partition(b":")
+    # decode("ascii") raises UnicodeDecodeError, a ValueError, as websockets' parser does.
+    request = Request(path.decode("ascii"), Headers(), method.decode("ascii"), protocol.decode("ascii"))
+    headers = request.headers
+    for line in lines[1 : MAX_NUM_HEADERS + 2]:  # websockets reads one line past the limit before refusing
+        name, colon, value = _line(line, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE).partition(b":")
         value = value.strip(b" \t")
         if not colon or _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
             raise ValueError("invalid header line")
         headers.set_insecure(name.decode("ascii"), value.decode("iso-8859-1"))
+    if len(lines) > MAX_NUM_HEADERS + 1:
+        raise HeadTooLarge(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
     if "Transfer-Encoding" in headers or not set(headers.get_all("Content-Length")) <= {"0"}:
         raise ValueError("request body")
-    # decode("ascii") raises UnicodeDecodeError, a ValueError, as websockets' parser does.
-    return Request(path.decode("ascii"), headers, method.decode("ascii"), protocol.decode("ascii"))
+    return request
+
+
+def _line(line: bytes, too_long: HTTPStatus) -> bytes:
+    """``line`` as websockets reads it: up to a newline, at most MAX_LINE_LENGTH with its CRLF;
+    a bare LF ends a line without CRLF, which it refuses."""
+    lf = line.find(b"\n")
+    if (lf + 1 if lf >= 0 else len(line) + 2) > MAX_LINE_LENGTH:
+        raise HeadTooLarge(too_long)
+    if lf >= 0:
+        raise ValueError("line without CRLF")
+    return line
 
 
 def switching_protocols(request: Request) -> bytes | None:

@@ -99,6 +99,16 @@ def test_garbage_gets_400(serve):
     wait_for(server.idle_state, what="pending state released")
 
 
+def test_a_bare_newline_in_the_request_line_gets_400_not_an_upgrade(serve):
+    """A raw LF smuggled into the target must not reach the app or a log line as a path."""
+    server = serve()
+    attacker = tcp(server.port)
+    attacker.sendall(upgrade_request("/ws?a\nInjected: header"))
+    assert status_of(read_response_head(attacker)) == 400
+    assert server.metric("guarded_ws_connections_rejected_total", reason="malformed") == 1
+    assert legit(server.port) == "hello"
+
+
 def test_forged_origin_gets_403_when_origins_are_configured(serve):
     server = serve(server__allowed_origins=["https://app.example"])
     attacker = tcp(server.port)
