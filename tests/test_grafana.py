@@ -49,6 +49,7 @@ AUTH_RESULTS = ("ok", "invalid", "expired", "not_yet_valid", "replayed", "timeou
 ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other")
 LIMIT_NAMES = ("max_pending_total", "max_pending_per_source", "max_connections_total", "handshake_timeout",
                "auth_timeout")  # fmt: skip
+GC_GENERATIONS = ("0", "1", "2")
 
 METRICS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "guarded_ws_connections_accepted_total": {},
@@ -73,6 +74,9 @@ METRICS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "process_open_fds": {},
     "process_max_fds": {},
     "process_start_time_seconds": {},
+    "python_gc_collections_total": {"generation": GC_GENERATIONS},
+    "python_gc_objects_collected_total": {"generation": GC_GENERATIONS},
+    "python_gc_objects_uncollectable_total": {"generation": GC_GENERATIONS},
 }
 HISTOGRAMS = ("guarded_ws_handshake_duration_seconds", "guarded_ws_auth_duration_seconds")
 TARGET_LABELS = ("job", "instance")  # added by Prometheus to every scraped series
@@ -100,7 +104,8 @@ DASHBOARD_MUST_SHOW = {name for name in SERIES if name.startswith("guarded_ws_")
     "guarded_ws_handshake_duration_seconds_count",
     "guarded_ws_auth_duration_seconds_sum",
     "guarded_ws_auth_duration_seconds_count",
-} | {"process_resident_memory_bytes", "process_open_fds", "process_max_fds"}
+} | {"process_resident_memory_bytes", "process_open_fds", "process_max_fds",
+     "python_gc_collections_total", "python_gc_objects_uncollectable_total"}
 
 # One alert for each condition operators asked for.
 REQUIRED_ALERTS = {
@@ -365,6 +370,26 @@ def test_dashboard_panels_have_unique_ids_and_do_not_overlap():
     assert len(titles) == len(set(titles)), "duplicate panel titles"
 
 
+def test_dashboard_rows_hold_the_panels_listed_under_them():
+    """An expanded row owns the panels after it in the JSON: they sit below it and above the next row."""
+    top = load_dashboard()["panels"]
+    rows = [panel for panel in top if panel["type"] == "row"]
+    for row in rows:
+        assert row["gridPos"]["x"] == 0 and row["gridPos"]["w"] == 24 and row["gridPos"]["h"] == 1, row["title"]
+    assert [row["gridPos"]["y"] for row in rows] == sorted(row["gridPos"]["y"] for row in rows)
+    row = None
+    for panel in top:
+        if panel["type"] == "row":
+            row = panel
+            continue
+        later = [r["gridPos"]["y"] for r in rows if row is None or r["gridPos"]["y"] > row["gridPos"]["y"]]
+        grid = panel["gridPos"]
+        above = row["gridPos"]["y"] + 1 if row else 0
+        assert grid["y"] >= above, f"panel {panel['id']} ({panel['title']}) is above its row"
+        if later:
+            assert grid["y"] + grid["h"] <= later[0], f"panel {panel['id']} ({panel['title']}) runs into the next row"
+
+
 def test_dashboard_queries_only_what_the_server_exports():
     dashboard = load_dashboard()
     problems = []
@@ -413,6 +438,10 @@ def test_dashboard_draws_every_metric_and_both_latency_quantiles():
     limits = {value for expr in exprs for name, ms in selectors(expr) if name == "guarded_ws_limit"
               for label, op, value in ms if label == "name" and op == "="}  # fmt: skip
     assert {"max_pending_total", "max_connections_total"} <= limits, "draw the caps beside what they cap"
+    # Full collections are the ones that stall the loop; the young generations run all the time.
+    generations = {value for expr in exprs for name, ms in selectors(expr) if name == "python_gc_collections_total"
+                   for label, op, value in ms if label == "generation" and op == "="}  # fmt: skip
+    assert generations == {"2"}, f"draw full collections (generation 2) only, not {sorted(generations)}"
 
 
 def test_every_dashboard_expression_is_valid_promql(tmp_path):
