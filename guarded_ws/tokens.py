@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -60,27 +61,36 @@ class Identity:
 class ReplayCache:
     """In-memory single-use jti store, bounded; an entry is forgotten once its token has expired.
 
-    Entries sit in a min-heap by expiry, so purging touches only what has
-    expired. When full it refuses new jtis instead of evicting live ones:
+    "Expired" by both clocks: the wall clock the token's ``exp`` is judged by, and a monotonic
+    one that measures the lifetime it had left when it was used. A wall clock that jumps
+    ahead (purging everything) and comes back would otherwise re-admit every token it
+    forgot. Entries sit in a min-heap by their monotonic deadline, so purging touches only
+    what may have expired. When full it refuses new jtis instead of evicting live ones:
     forgetting an unexpired jti would let that token be replayed.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
         if capacity < 1:
             raise ValueError(f"replay cache capacity must be at least 1, got {capacity}")
         self.capacity = capacity
+        self._clock = clock
         self._live: set[str] = set()
-        self._by_expiry: list[tuple[float, str]] = []
+        self._by_deadline: list[tuple[float, float, str]] = []  # (monotonic deadline, wall expiry, jti)
 
     def consume(self, jti: str, expires_at: float, now: float) -> bool:
         """True the first time ``jti`` is seen while live; False on replay or when full."""
-        heap = self._by_expiry
-        while heap and heap[0][0] <= now:
-            self._live.discard(heapq.heappop(heap)[1])
+        heap = self._by_deadline
+        elapsed = self._clock()
+        while heap and heap[0][0] <= elapsed:
+            _, wall_expiry, old = heapq.heappop(heap)
+            if wall_expiry > now:  # the wall clock went back: live again by it, so kept that much longer
+                heapq.heappush(heap, (elapsed + wall_expiry - now, wall_expiry, old))
+            else:
+                self._live.discard(old)
         if jti in self._live or len(self._live) >= self.capacity:
             return False
         self._live.add(jti)
-        heapq.heappush(heap, (expires_at, jti))
+        heapq.heappush(heap, (elapsed + max(0.0, expires_at - now), expires_at, jti))
         return True
 
     def __len__(self) -> int:

@@ -311,8 +311,31 @@ def test_jti_is_required_with_a_replay_cache_only():
     reject(verifier(replay_cache=ReplayCache(10)), hand_signed({"alg": "HS256"}, claims(jti=7)), "invalid")
 
 
+class Elapsed:
+    """The monotonic clock a ReplayCache reads, set by hand."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def __call__(self) -> float:
+        return self.value
+
+
+class InStep(ReplayCache):
+    """A ReplayCache whose monotonic clock moves with the wall clock it is given, as it does
+    while nobody sets the wall clock."""
+
+    def __init__(self, capacity: int) -> None:
+        self.elapsed = Elapsed()
+        super().__init__(capacity, clock=self.elapsed)
+
+    def consume(self, jti: str, expires_at: float, now: float) -> bool:
+        self.elapsed.value = now - NOW
+        return super().consume(jti, expires_at, now)
+
+
 def test_jti_is_remembered_through_the_leeway_then_forgotten():
-    cache = ReplayCache(10)
+    cache = InStep(10)
     check = verifier(replay_cache=cache, leeway=5)
     first = signed(jti="j", exp=int(NOW) + 60)
     assert check.verify(first, NOW).subject == SUB
@@ -324,7 +347,7 @@ def test_jti_is_remembered_through_the_leeway_then_forgotten():
 
 
 def test_full_cache_refuses_rather_than_forgets():
-    cache = ReplayCache(2)
+    cache = InStep(2)
     assert cache.consume("a", NOW + 10, NOW)
     assert cache.consume("b", NOW + 20, NOW)
     assert not cache.consume("c", NOW + 30, NOW)
@@ -338,12 +361,25 @@ def test_full_cache_refuses_rather_than_forgets():
 
 
 def test_expired_entries_are_purged():
-    cache = ReplayCache(100)
+    cache = InStep(100)
     for n in range(50):
         assert cache.consume(f"j{n}", NOW + n, NOW)
     assert cache.consume("late", NOW + 1000, NOW + 25)
     assert len(cache) == 25  # j26..j49 and "late"
     assert cache.consume("j0", NOW + 1000, NOW + 25)
+
+
+def test_a_wall_clock_that_jumps_ahead_and_back_forgets_nothing_still_live():
+    elapsed = Elapsed()
+    cache = ReplayCache(10, clock=elapsed)
+    assert cache.consume("j", NOW + 60, NOW)
+    elapsed.value = 1.0
+    assert cache.consume("k", NOW + 3 * HOUR + 60, NOW + 3 * HOUR)  # set three hours ahead by mistake
+    elapsed.value = 2.0
+    assert not cache.consume("j", NOW + 60, NOW + 2)  # set right again: "j" is still live
+    elapsed.value = 61.0
+    assert not cache.consume("k", NOW + 3 * HOUR + 60, NOW + 61)  # and "k" was used within its life
+    assert cache.consume("j", NOW + 120, NOW + 61)  # "j" has expired by both clocks
 
 
 def test_replay_cache_capacity_must_be_positive():
