@@ -23,8 +23,8 @@ import json
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from functools import cache
 from enum import IntEnum
+from functools import cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -303,7 +303,7 @@ class Connection(asyncio.Protocol, Timed):
     def _on_handshake_data(self, data: bytes) -> None:
         server = self.server
         held = self.head
-        # websockets parses GET only: anything else is the browser path's preauth POST.
+        # An upgrade is a GET: anything else is the browser path's preauth POST.
         if server.preauth is not None and (self.http is not None or (not held and data[:1] != b"G")):
             self._on_preauth_data(data)
             return
