@@ -756,6 +756,12 @@ class Connection(asyncio.Protocol, Timed):
             self.server.count_refusal(reason)
         if self.transport is not None:
             self.transport.write(response)
+        elif self.tls_sock is not None and self.source is None and response:
+            # Refused on its PROXY header, read before TLS begins: answered in clear, as at accept.
+            try:
+                self.tls_sock.send(response, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
         self._close_transport()
 
     def _flush(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 _PEM = serialization.Encoding.PEM
+
+# The first bytes of a TLS ClientHello: a handshake record (0x16), TLS 1.0 record version,
+# a length promising 512 bytes, then the start of the message. The rest never comes.
+PARTIAL_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(16)
 
 
 def _now() -> dt.datetime:

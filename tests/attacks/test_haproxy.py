@@ -13,12 +13,14 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect
 
+import pki
 from support import ServerThread, read_response_head, source, status_of, tcp, token, upgrade_request, wait_for
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
@@ -38,17 +40,40 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+Cluster = tuple[int, list[ServerThread]]  # HAProxy's port, the instances behind it
+
+
 @pytest.fixture
-def cluster(serve, tmp_path: Path) -> Iterator[tuple[int, list[ServerThread]]]:
-    """HAProxy on a loopback port in front of two guarded-ws instances; yields (HAProxy's port, instances)."""
-    instances = [
-        serve(
-            server__proxy_protocol="required",
-            server__trusted_proxies=["127.0.0.1/32"],
-            limits__max_pending_per_source=CAP,
-        )
-        for _ in range(2)
-    ]
+def haproxy(serve, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """Starts HAProxy on a loopback port in front of two guarded-ws instances with these settings."""
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(**settings: Any) -> Cluster:
+        instances = [
+            serve(
+                server__proxy_protocol="required",
+                server__trusted_proxies=["127.0.0.1/32"],
+                limits__max_pending_per_source=CAP,
+                **settings,
+            )
+            for _ in range(2)
+        ]
+        port, proc, log = _start_haproxy(instances, tmp_path)
+        started.append((proc, log))
+        return port, instances
+
+    yield start
+    for proc, log in started:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def _start_haproxy(instances: list[ServerThread], tmp_path: Path) -> tuple[int, subprocess.Popen[bytes], Any]:
     port = _free_port()
     env = {
         **os.environ,
@@ -61,18 +86,11 @@ def cluster(serve, tmp_path: Path) -> Iterator[tuple[int, list[ServerThread]]]:
     }
     log = (tmp_path / "haproxy.log").open("w+")
     proc = subprocess.Popen([_haproxy(), "-db", "-f", str(CONFIG)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: _accepts(port) or proc.poll() is not None, timeout=10, what="haproxy to listen")
-        assert proc.poll() is None, "haproxy exited:\n" + Path(log.name).read_text()
-        yield port, instances
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    wait_for(lambda: _accepts(port) or proc.poll() is not None, timeout=10, what="haproxy to listen")
+    if proc.poll() is not None:
         log.close()
+        raise AssertionError("haproxy exited:\n" + Path(log.name).read_text())
+    return port, proc, log
 
 
 def _accepts(port: int) -> bool:
@@ -87,8 +105,8 @@ def _pending(instances: list[ServerThread], host: str) -> int:
     return sum(s.call(lambda s=s: s.server.admission.pending(s.server.source_key(host))) for s in instances)
 
 
-def test_per_source_caps_apply_to_the_clients_behind_haproxy(cluster) -> None:
-    port, instances = cluster
+def test_per_source_caps_apply_to_the_clients_behind_haproxy(haproxy) -> None:
+    port, instances = haproxy()
     attacker, neighbour = source(2), source(3)
     held = []
     for _ in range(CAP):
@@ -110,6 +128,34 @@ def test_per_source_caps_apply_to_the_clients_behind_haproxy(cluster) -> None:
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
     for sock in held:
+        sock.close()
+    for server in instances:
+        wait_for(server.idle_state, what="pending state released")
+
+
+def test_tls_through_haproxy_keeps_the_caps_on_the_clients(haproxy, tmp_path: Path) -> None:
+    """wss:// passed through in TCP mode: each instance reads HAProxy's PROXY header in clear,
+    then the client's TLS handshake, which counts against that client's cap while it runs."""
+    ca = pki.CA()
+    cert_file, key_file = ca.server().write(tmp_path, "server")
+    port, instances = haproxy(tls__cert_file=cert_file, tls__key_file=key_file)
+    attacker, neighbour = source(2), source(3)
+    stalled = [tcp(port, attacker) for _ in range(CAP)]
+    for sock in stalled:
+        sock.sendall(pki.PARTIAL_CLIENT_HELLO)
+    wait_for(lambda: _pending(instances, attacker) == CAP, what="the attacker's handshakes pending")
+    refused = tcp(port, attacker)
+    assert status_of(read_response_head(refused)) == 429  # at its cap: answered in clear, before TLS
+    assert _pending(instances, "127.0.0.1") == 0
+    context = pki.client_context(ca, None, tmp_path)
+    sock = tcp(port, neighbour)
+    with connect(f"wss://localhost:{port}/ws", sock=sock, ssl=context, server_hostname="localhost",
+                 compression=None, open_timeout=10) as ws:  # fmt: skip
+        ws.send(token("alice"))
+        assert json.loads(ws.recv(timeout=5)) == {"type": "authenticated", "subject": "alice"}
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+    for sock in stalled:
         sock.close()
     for server in instances:
         wait_for(server.idle_state, what="pending state released")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import ssl
@@ -30,11 +29,6 @@ from support import (
     upgrade_request,
     wait_for,
 )
-
-# The first bytes of a TLS ClientHello: a handshake record (0x16), TLS 1.0 record version,
-# a length promising 512 bytes, then the start of the message. The rest never comes.
-PARTIAL_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(16)
-
 
 class Pki:
     """A CA, the server's certificate, and the [tls] overrides that serve it."""
@@ -138,7 +132,7 @@ def test_plain_http_on_the_tls_port_is_closed_not_served(serve, tls):
 def test_tls_stall_mid_client_hello_is_closed_at_the_deadline(serve, tls):
     server = serve(limits__handshake_timeout=1.0, **tls.settings())
     attacker = tcp(server.port, source(2))
-    attacker.sendall(PARTIAL_CLIENT_HELLO)
+    attacker.sendall(pki.PARTIAL_CLIENT_HELLO)
     started = time.monotonic()
     with wss(server.port, tls.context(), source(3)) as ws:  # meanwhile, a legitimate client
         authenticated_by_token(ws)
@@ -164,7 +158,7 @@ def test_tls_handshakes_count_against_the_per_source_pending_cap(serve, tls):
     server = serve(limits__max_pending_per_source=2, limits__handshake_timeout=30.0, **tls.settings())
     stalled = [tcp(server.port, source(2)) for _ in range(2)]
     for sock in stalled:
-        sock.sendall(PARTIAL_CLIENT_HELLO)
+        sock.sendall(pki.PARTIAL_CLIENT_HELLO)
     wait_for(lambda: server.call(lambda: server.server.admission.total) == 2, what="two pending")
     third = tcp(server.port, source(2))
     assert status_of(read_response_head(third)) == 429  # refused before TLS: a plain answer, then close
@@ -176,10 +170,10 @@ def test_tls_handshakes_count_against_the_per_source_pending_cap(serve, tls):
 def test_tls_handshakes_in_progress_are_evicted_oldest_first(serve, tls):
     server = serve(limits__max_pending_total=2, limits__max_pending_per_source=2, limits__handshake_timeout=30.0, **tls.settings())
     oldest = tcp(server.port, source(2))
-    oldest.sendall(PARTIAL_CLIENT_HELLO)
+    oldest.sendall(pki.PARTIAL_CLIENT_HELLO)
     wait_for(lambda: server.call(lambda: server.server.admission.total) == 1, what="one pending")
     newer = tcp(server.port, source(3))
-    newer.sendall(PARTIAL_CLIENT_HELLO)
+    newer.sendall(pki.PARTIAL_CLIENT_HELLO)
     wait_for(lambda: server.call(lambda: server.server.admission.total) == 2, what="two pending")
     with wss(server.port, tls.context(), source(4)) as ws:  # needs a slot: the oldest handshake goes
         authenticated_by_token(ws)
@@ -394,7 +388,7 @@ def test_sighup_reloads_certificates_without_dropping_connections(tls):
 def test_tls_defences_hold_on_each_loop(serve, tls, loop):
     server = serve(server__loop=loop, limits__handshake_timeout=1.0, **tls.mtls("optional"))
     staller = tcp(server.port, source(2))
-    staller.sendall(PARTIAL_CLIENT_HELLO)
+    staller.sendall(pki.PARTIAL_CLIENT_HELLO)
     started = time.monotonic()
     with wss(server.port, tls.context(tls.ca.client("alice")), source(3)) as ws:
         assert json.loads(ws.recv(timeout=5))["subject"] == "alice"
