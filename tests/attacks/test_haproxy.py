@@ -122,15 +122,8 @@ def test_per_source_caps_apply_to_the_clients_behind_haproxy(haproxy) -> None:
     assert _pending(instances, attacker) == CAP
     assert _pending(instances, "127.0.0.1") == 0  # HAProxy's own address holds nothing
     # A legitimate client from another source, through the same HAProxy, authenticates and is served.
-    with connect(f"ws://127.0.0.1:{port}/ws", sock=tcp(port, neighbour), compression=None, open_timeout=5) as ws:
-        ws.send(token("alice"))
-        assert json.loads(ws.recv(timeout=5)) == {"type": "authenticated", "subject": "alice"}
-        ws.send("hello")
-        assert ws.recv(timeout=5) == "hello"
-    for sock in held:
-        sock.close()
-    for server in instances:
-        wait_for(server.idle_state, what="pending state released")
+    served(f"ws://127.0.0.1:{port}/ws", tcp(port, neighbour))
+    leave(held, instances)
 
 
 def test_tls_through_haproxy_keeps_the_caps_on_the_clients(haproxy, tmp_path: Path) -> None:
@@ -148,14 +141,21 @@ def test_tls_through_haproxy_keeps_the_caps_on_the_clients(haproxy, tmp_path: Pa
     assert status_of(read_response_head(refused)) == 429  # at its cap: answered in clear, before TLS
     assert _pending(instances, "127.0.0.1") == 0
     context = pki.client_context(ca, None, tmp_path)
-    sock = tcp(port, neighbour)
-    with connect(f"wss://localhost:{port}/ws", sock=sock, ssl=context, server_hostname="localhost",
-                 compression=None, open_timeout=10) as ws:  # fmt: skip
+    served(f"wss://localhost:{port}/ws", tcp(port, neighbour), ssl=context, server_hostname="localhost")
+    leave(stalled, instances)
+
+
+def served(url: str, sock: socket.socket, **tls: Any) -> None:
+    """A legitimate client through HAProxy authenticates and gets its echo."""
+    with connect(url, sock=sock, compression=None, open_timeout=10, **tls) as ws:
         ws.send(token("alice"))
         assert json.loads(ws.recv(timeout=5)) == {"type": "authenticated", "subject": "alice"}
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
-    for sock in stalled:
+
+
+def leave(socks: list[socket.socket], instances: list[ServerThread]) -> None:
+    for sock in socks:
         sock.close()
     for server in instances:
         wait_for(server.idle_state, what="pending state released")
